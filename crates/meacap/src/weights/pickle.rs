@@ -1,0 +1,1 @@
+//! PyTorch zip+pickle reader (placeholder, see helper).
