@@ -1,1 +1,103 @@
-//! (in progress)
+//! Choosing where tensors live: a GPU through wgpu (Vulkan, Metal, DX12; WebGPU in the browser)
+//! or burn's pure-Rust `flex` CPU backend. The same model code runs on both.
+
+use std::fmt;
+
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// A GPU adapter when wgpu finds one, else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Wgpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "wgpu" | "gpu" | "vulkan" | "metal" | "dx12" => Ok(Self::Wgpu),
+            other => Err(format!("unknown device `{other}` (expected auto, cpu or wgpu)")),
+        }
+    }
+}
+
+/// A ready device and what it is, for messages and reports.
+#[derive(Clone)]
+pub struct SelectedDevice {
+    pub device: Device,
+    pub description: String,
+    pub is_gpu: bool,
+}
+
+impl fmt::Debug for SelectedDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.description)
+    }
+}
+
+impl SelectedDevice {
+    pub fn cpu() -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self { device: Device::flex(), description: format!("CPU (burn flex, {threads} threads)"), is_gpu: false }
+    }
+}
+
+/// Adapter facts wgpu reported when the device was opened.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterInfo {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+}
+
+#[cfg(not(target_family = "wasm"))]
+static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterInfo), String>> = std::sync::OnceLock::new();
+
+/// The default wgpu adapter, opened once per process (burn's runtime can be initialised only once).
+#[cfg(not(target_family = "wasm"))]
+pub fn wgpu_device() -> Result<(Device, AdapterInfo)> {
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| format!("{e}"))?;
+        let info = setup.adapter.get_info();
+        Ok((
+            device,
+            AdapterInfo {
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                device_type: format!("{:?}", info.device_type),
+                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            },
+        ))
+    })
+    .clone()
+    .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
+}
+
+/// Resolves a choice to a ready device. `Auto` falls back to the CPU when no adapter opens.
+#[cfg(not(target_family = "wasm"))]
+pub fn select(choice: DeviceChoice) -> Result<SelectedDevice> {
+    let gpu = || {
+        wgpu_device().map(|(device, info)| SelectedDevice {
+            device,
+            description: format!("{} ({}, {}, wgpu)", info.name, info.backend, info.device_type),
+            is_gpu: !info.device_type.eq_ignore_ascii_case("Cpu"),
+        })
+    };
+    match choice {
+        DeviceChoice::Cpu => Ok(SelectedDevice::cpu()),
+        DeviceChoice::Wgpu => gpu(),
+        DeviceChoice::Auto => match gpu() {
+            // A software adapter (lavapipe, SwiftShader) is slower than the CPU backend.
+            Ok(selected) if selected.is_gpu => Ok(selected),
+            _ => Ok(SelectedDevice::cpu()),
+        },
+    }
+}

@@ -1,2 +1,229 @@
 //! One file per network. Each has a `Config` deserialised from the checkpoint's own `config.json`
-//! and modules whose field names mirror the checkpoint's keys.
+//! and modules whose field names mirror the checkpoint's keys, built from [`Weights`] the way
+//! candle-transformers builds from a `VarBuilder`: `Block::load(&w.pp("h").pp(i), &cfg)`.
+//! Every size comes from the config or the weights, so tiny test models and other sizes load too.
+
+pub mod bert;
+pub mod clip;
+pub mod gpt2;
+pub mod t5;
+pub mod viecap;
+
+use burn::prelude::*;
+use burn::tensor::activation;
+
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// Parses a model's `config.json` into its config struct, naming the model on failure.
+pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(model: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Config {
+        model: model.to_string(),
+        file: "config.json".to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// A dense layer. The weight is kept as `[in, out]` so the forward pass is a plain matmul.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    /// PyTorch `nn.Linear`: `weight` is `[out, in]`.
+    pub fn load(w: &Weights, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        let weight = w.get::<2>("weight", [d_out, d_in])?.transpose();
+        let bias = if bias { Some(w.get::<1>("bias", [d_out])?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    /// `nn.Linear` with the output size taken from the checkpoint (`[out, in]`).
+    pub fn load_infer(w: &Weights, d_in: usize, bias: bool) -> Result<Self> {
+        let d_out = w.shape("weight").and_then(|s| s.first().copied()).unwrap_or(0);
+        Self::load(w, d_in, d_out, bias)
+    }
+
+    /// HF `Conv1D` (GPT-2): `weight` is already `[in, out]`; it must not be transposed.
+    pub fn load_conv1d(w: &Weights, d_in: usize, d_out: usize) -> Result<Self> {
+        Ok(Self { weight: w.get::<2>("weight", [d_in, d_out])?, bias: Some(w.get::<1>("bias", [d_out])?) })
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let mut y = x.reshape([rows, d_in]).matmul(self.weight.clone());
+        if let Some(bias) = &self.bias {
+            y = y + bias.clone().unsqueeze::<2>();
+        }
+        dims[D - 1] = self.d_out();
+        y.reshape(dims)
+    }
+}
+
+/// LayerNorm over the last dimension (biased variance, as PyTorch).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        // Some old BERT checkpoints call them gamma/beta.
+        let (wn, bn) = if !w.contains("weight") && w.contains("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok(Self { weight: w.get::<1>(wn, [dim])?, bias: w.get::<1>(bn, [dim])?, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let var = centered.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = centered / (var + self.eps).sqrt();
+        normed * broadcast_last::<D>(&self.weight) + broadcast_last::<D>(&self.bias)
+    }
+}
+
+/// T5's RMS norm: no mean subtraction, no bias.
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor<1>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self { weight: w.get::<1>("weight", [dim])?, eps })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let var = x.clone().powi_scalar(2).mean_dim(D - 1);
+        x / (var + self.eps).sqrt() * broadcast_last::<D>(&self.weight)
+    }
+}
+
+/// A `[n]` vector reshaped to `[1, .., 1, n]` for broadcasting against a rank-`D` tensor.
+fn broadcast_last<const D: usize>(v: &Tensor<1>) -> Tensor<D> {
+    let mut dims = [1usize; D];
+    dims[D - 1] = v.dims()[0];
+    v.clone().reshape(dims)
+}
+
+/// Rows of an embedding table for a `[batch, seq]` id tensor → `[batch, seq, dim]`.
+pub fn embed(table: &Tensor<2>, ids: Tensor<2, Int>) -> Tensor<3> {
+    let [b, t] = ids.dims();
+    let d = table.dims()[1];
+    table.clone().select(0, ids.reshape([b * t])).reshape([b, t, d])
+}
+
+/// Host ids → a `[batch, seq]` Int tensor (rows must have equal length).
+pub fn ids_tensor(ids: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
+    let b = ids.len();
+    let t = ids.first().map_or(0, Vec::len);
+    let flat: Vec<i64> = ids.iter().flat_map(|row| row.iter().map(|&x| x as i64)).collect();
+    Tensor::<1, Int>::from_ints(flat.as_slice(), device).reshape([b, t])
+}
+
+/// `[batch, seq, heads*dim]` → `[batch, heads, seq, dim]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, t, d] = x.dims();
+    x.reshape([b, t, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, dim]` → `[batch, seq, heads*dim]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, t, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, t, h * d])
+}
+
+/// Scaled dot-product attention with an optional additive bias (masks, T5 position bias),
+/// softmax in f32 as the reference implementations do.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, bias: Option<Tensor<4>>) -> Tensor<4> {
+    let mut scores = q.matmul(k.swap_dims(2, 3));
+    if scale != 1.0 {
+        scores = scores * scale;
+    }
+    if let Some(bias) = bias {
+        scores = scores + bias;
+    }
+    activation::softmax(scores, 3).matmul(v)
+}
+
+/// Additive causal mask `[1, 1, q_len, past + q_len]`: query i (at absolute position past + i)
+/// sees keys 0..=past + i. Large negative rather than -inf, as HF does (finfo.min).
+pub fn causal_mask(q_len: usize, past: usize, device: &Device) -> Tensor<4> {
+    let k_len = past + q_len;
+    let mut data = vec![0f32; q_len * k_len];
+    for i in 0..q_len {
+        for j in (past + i + 1)..k_len {
+            data[i * k_len + j] = f32::MIN;
+        }
+    }
+    Tensor::<1>::from_floats(data.as_slice(), device).reshape([1, 1, q_len, k_len])
+}
+
+/// Additive padding mask `[batch, 1, 1, seq]` from a 0/1 attention mask.
+pub fn padding_mask(mask: &[Vec<u32>], device: &Device) -> Tensor<4> {
+    let b = mask.len();
+    let t = mask.first().map_or(0, Vec::len);
+    let data: Vec<f32> = mask.iter().flat_map(|row| row.iter().map(|&m| if m == 0 { f32::MIN } else { 0.0 })).collect();
+    Tensor::<1>::from_floats(data.as_slice(), device).reshape([b, 1, 1, t])
+}
+
+/// QuickGELU (CLIP): `x * sigmoid(1.702 x)`.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * activation::sigmoid(x * 1.702)
+}
+
+/// tanh-approximate GELU (`gelu_new`, GPT-2 and T5 v1.1). `x*x*x` rather than `powf(3)`: a
+/// float power of a negative base is undefined on some GPU backends.
+pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+    let cube = x.clone() * x.clone() * x.clone();
+    let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;
+    x * (inner.tanh() + 1.0) * 0.5
+}
+
+/// Activation functions named in HF configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Gelu,
+    GeluNew,
+    #[serde(alias = "gelu_pytorch_tanh")]
+    GeluFast,
+    QuickGelu,
+    Relu,
+}
+
+impl Activation {
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Gelu => activation::gelu(x),
+            Activation::GeluNew | Activation::GeluFast => gelu_new(x),
+            Activation::QuickGelu => quick_gelu(x),
+            Activation::Relu => activation::relu(x),
+        }
+    }
+}
+
+/// Reads a whole tensor back to the host as f32.
+pub fn to_vec<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
+    x.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
+}
+
+/// Reads an Int tensor back to the host.
+pub fn to_vec_int<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
+    x.into_data()
+        .try_into_vec_as::<i64>()
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
+}

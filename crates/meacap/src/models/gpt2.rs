@@ -1,0 +1,218 @@
+//! GPT-2 (HF `GPT2LMHeadModel`): learned positions, pre-LN blocks, tanh-GELU, causal attention
+//! with a key/value cache, `lm_head` tied to `wte`.
+//!
+//! Checkpoint keys: `transformer.wte.weight`, `transformer.wpe.weight`,
+//! `transformer.h.{i}.{ln_1,attn.c_attn,attn.c_proj,ln_2,mlp.c_fc,mlp.c_proj}`, `transformer.ln_f`.
+//! The projections are HF `Conv1D`s whose weights are already `[in, out]`.
+
+use burn::prelude::*;
+use serde::Deserialize;
+
+use super::{attention, causal_mask, merge_heads, split_heads, Activation, LayerNorm, Linear};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    #[serde(default = "default_positions")]
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default)]
+    pub n_inner: Option<usize>,
+    #[serde(default = "default_activation")]
+    pub activation_function: Activation,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "yes")]
+    pub scale_attn_weights: bool,
+}
+
+fn default_positions() -> usize {
+    1024
+}
+fn default_activation() -> Activation {
+    Activation::GeluNew
+}
+fn default_eps() -> f64 {
+    1e-5
+}
+fn yes() -> bool {
+    true
+}
+
+impl Gpt2Config {
+    pub fn from_json(model: &str, bytes: &[u8]) -> Result<Self> {
+        let cfg: Self = super::parse_config(model, bytes)?;
+        if cfg.n_head == 0 || cfg.n_embd % cfg.n_head != 0 {
+            return Err(Error::Config {
+                model: model.into(),
+                file: "config.json".into(),
+                message: format!("n_embd {} is not divisible by n_head {}", cfg.n_embd, cfg.n_head),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Attention {
+    c_attn: Linear,
+    c_proj: Linear,
+    n_head: usize,
+    scale: f64,
+}
+
+#[derive(Clone, Debug)]
+struct Mlp {
+    c_fc: Linear,
+    c_proj: Linear,
+    act: Activation,
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    ln_1: LayerNorm,
+    attn: Attention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+/// Per-layer keys and values `[batch, heads, seq, head_dim]` of everything seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<(Tensor<4>, Tensor<4>)>,
+}
+
+impl KvCache {
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reorders (and possibly repeats) the batch rows: beam search's `generated[src]`.
+    pub fn select(&mut self, rows: Tensor<1, Int>) {
+        for (k, v) in &mut self.layers {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    pub config: Gpt2Config,
+    /// Token embeddings `[vocab, d]`, also the output projection.
+    pub wte: Tensor<2>,
+    wpe: Tensor<2>,
+    h: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+impl Gpt2 {
+    /// Loads from weights scoped at the `transformer` level's parent, i.e. keys
+    /// `transformer.wte.weight` etc. under `w` (for ViECap: `w = root.pp("gpt")`).
+    /// The causal-mask buffers `attn.bias`/`attn.masked_bias` are ignored.
+    pub fn load(w: &Weights, config: &Gpt2Config) -> Result<Self> {
+        let t = w.pp("transformer");
+        let d = config.n_embd;
+        let inner = config.n_inner.unwrap_or(4 * d);
+        let eps = config.layer_norm_epsilon;
+        let head_dim = d / config.n_head;
+        let scale = if config.scale_attn_weights { 1.0 / (head_dim as f64).sqrt() } else { 1.0 };
+        let mut h = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let b = t.pp("h").pp(i);
+            b.pp("attn").ignore("bias");
+            b.pp("attn").ignore("masked_bias");
+            h.push(Block {
+                ln_1: LayerNorm::load(&b.pp("ln_1"), d, eps)?,
+                attn: Attention {
+                    c_attn: Linear::load_conv1d(&b.pp("attn").pp("c_attn"), d, 3 * d)?,
+                    c_proj: Linear::load_conv1d(&b.pp("attn").pp("c_proj"), d, d)?,
+                    n_head: config.n_head,
+                    scale,
+                },
+                ln_2: LayerNorm::load(&b.pp("ln_2"), d, eps)?,
+                mlp: Mlp {
+                    c_fc: Linear::load_conv1d(&b.pp("mlp").pp("c_fc"), d, inner)?,
+                    c_proj: Linear::load_conv1d(&b.pp("mlp").pp("c_proj"), inner, d)?,
+                    act: config.activation_function,
+                },
+            });
+        }
+        // lm_head is tied to wte; a checkpoint may carry it as a copy.
+        w.ignore("lm_head.weight");
+        Ok(Self {
+            wte: t.get::<2>("wte.weight", [config.vocab_size, d])?,
+            wpe: t.get::<2>("wpe.weight", [config.n_positions, d])?,
+            h,
+            ln_f: LayerNorm::load(&t.pp("ln_f"), d, eps)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn device(&self) -> Device {
+        self.wte.device()
+    }
+
+    /// Token embeddings for ids: `[batch, seq]` → `[batch, seq, d]`.
+    pub fn embed_tokens(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        super::embed(&self.wte, ids)
+    }
+
+    /// Runs `inputs_embeds` `[batch, seq, d]` after the cached positions (positions continue from
+    /// `cache.len()`), extends the cache, and returns the final hidden states `[batch, seq, d]`.
+    pub fn forward(&self, inputs_embeds: Tensor<3>, cache: &mut KvCache) -> Result<Tensor<3>> {
+        let [_, seq, _] = inputs_embeds.dims();
+        let past = cache.len();
+        if past + seq > self.config.n_positions {
+            return Err(Error::InvalidInput(format!(
+                "GPT-2 sequence of {} positions exceeds n_positions {}",
+                past + seq,
+                self.config.n_positions
+            )));
+        }
+        let device = inputs_embeds.device();
+        let positions = self.wpe.clone().narrow(0, past, seq).unsqueeze::<3>();
+        let mut x = inputs_embeds + positions;
+        let mask = (seq > 1).then(|| causal_mask(seq, past, &device));
+        let fresh = cache.layers.is_empty();
+        for (i, block) in self.h.iter().enumerate() {
+            let a = &block.attn;
+            let qkv = a.c_attn.forward(block.ln_1.forward(x.clone()));
+            let d = qkv.dims()[2] / 3;
+            let q = split_heads(qkv.clone().narrow(2, 0, d), a.n_head);
+            let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
+            let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
+            if fresh {
+                cache.layers.push((k.clone(), v.clone()));
+            } else {
+                let (ck, cv) = &cache.layers[i];
+                k = Tensor::cat(vec![ck.clone(), k], 2);
+                v = Tensor::cat(vec![cv.clone(), v], 2);
+                cache.layers[i] = (k.clone(), v.clone());
+            }
+            let out = merge_heads(attention(q, k, v, a.scale, mask.clone()));
+            x = x + a.c_proj.forward(out);
+            let m = &block.mlp;
+            x = x.clone() + m.c_proj.forward(m.act.forward(m.c_fc.forward(block.ln_2.forward(x))));
+        }
+        Ok(self.ln_f.forward(x))
+    }
+
+    /// Vocabulary logits for hidden states `[rows, d]` → `[rows, vocab]` (tied `lm_head`).
+    pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
+        hidden.matmul(self.wte.clone().transpose())
+    }
+
+    /// Logits of the last position only: `[batch, seq, d]` → `[batch, vocab]`.
+    pub fn last_logits(&self, hidden: Tensor<3>) -> Tensor<2> {
+        let [b, t, d] = hidden.dims();
+        self.logits(hidden.narrow(1, t - 1, 1).reshape([b, d]))
+    }
+}

@@ -1,0 +1,412 @@
+//! T5 v1.1 / Flan-T5 (HF `T5ForConditionalGeneration`), e.g. the FACTUAL scene-graph parser
+//! `flan-t5-base-VG-factual-sg`: RMS norms, relative position buckets (bidirectional in the
+//! encoder, causal in the decoder, computed once per stack from layer 0's table), no 1/sqrt(d)
+//! attention scaling, gated-GELU feed-forward, untied `lm_head`.
+//!
+//! Checkpoint keys: `shared.weight`, `{encoder,decoder}.block.{i}.layer.{j}.{SelfAttention,
+//! EncDecAttention}.{q,k,v,o}.weight`, `...layer.0.SelfAttention.relative_attention_bias.weight`
+//! (block 0 only), `...DenseReluDense.{wi_0,wi_1,wo|wi,wo}.weight`, `...layer_norm.weight`,
+//! `{encoder,decoder}.final_layer_norm.weight`, `lm_head.weight`.
+
+use burn::prelude::*;
+use serde::Deserialize;
+
+use super::{attention, merge_heads, padding_mask, split_heads, Activation, Linear, RmsNorm};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub d_kv: usize,
+    pub d_ff: usize,
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: usize,
+    #[serde(default = "d32")]
+    pub relative_attention_num_buckets: usize,
+    #[serde(default = "d128")]
+    pub relative_attention_max_distance: usize,
+    #[serde(default = "eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "relu")]
+    pub feed_forward_proj: String,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+    #[serde(default = "one")]
+    pub eos_token_id: u32,
+    #[serde(default)]
+    pub pad_token_id: u32,
+}
+
+fn d32() -> usize { 32 }
+fn d128() -> usize { 128 }
+fn eps() -> f64 { 1e-6 }
+fn relu() -> String { "relu".into() }
+fn yes() -> bool { true }
+fn one() -> u32 { 1 }
+
+impl T5Config {
+    pub fn from_json(model: &str, bytes: &[u8]) -> Result<Self> {
+        let cfg: Self = super::parse_config(model, bytes)?;
+        cfg.feed_forward()?;
+        Ok(cfg)
+    }
+
+    /// (gated?, activation) from `feed_forward_proj`, as transformers 4.26 reads it.
+    fn feed_forward(&self) -> Result<(bool, Activation)> {
+        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
+        let gated = parts.len() == 2 && parts[0] == "gated";
+        let act = match *parts.last().unwrap_or(&"") {
+            // "gated-gelu" means the tanh approximation in transformers (dense_act_fn = gelu_new).
+            "gelu" if gated => Activation::GeluNew,
+            "gelu" => Activation::Gelu,
+            "gelu_new" => Activation::GeluNew,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(Error::Config {
+                    model: "T5".into(),
+                    file: "config.json".into(),
+                    message: format!("unsupported feed_forward_proj `{}` (activation `{other}`)", self.feed_forward_proj),
+                })
+            }
+        };
+        if parts.len() > 2 || (parts.len() == 2 && !gated) {
+            return Err(Error::Config {
+                model: "T5".into(),
+                file: "config.json".into(),
+                message: format!("unsupported feed_forward_proj `{}`", self.feed_forward_proj),
+            });
+        }
+        Ok((gated, act))
+    }
+}
+
+/// HF's `_relative_position_bucket`, in f32 as torch computes it.
+pub fn relative_position_bucket(relative_position: i64, bidirectional: bool, num_buckets: usize, max_distance: usize) -> usize {
+    let mut num_buckets = num_buckets as i64;
+    let mut bucket = 0i64;
+    let mut rp = relative_position;
+    if bidirectional {
+        num_buckets /= 2;
+        if rp > 0 {
+            bucket += num_buckets;
+        }
+        rp = rp.abs();
+    } else {
+        rp = -rp.min(0);
+    }
+    let max_exact = num_buckets / 2;
+    if rp < max_exact {
+        bucket += rp;
+    } else {
+        let ratio = (rp as f32 / max_exact as f32).ln() / ((max_distance as f64 / max_exact as f64).ln() as f32);
+        let large = max_exact + (ratio * (num_buckets - max_exact) as f32) as i64;
+        bucket += large.min(num_buckets - 1);
+    }
+    bucket as usize
+}
+
+#[derive(Clone, Debug)]
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    heads: usize,
+}
+
+impl Attention {
+    fn load(w: &Weights, c: &T5Config) -> Result<Self> {
+        let inner = c.num_heads * c.d_kv;
+        Ok(Self {
+            q: Linear::load(&w.pp("q"), c.d_model, inner, false)?,
+            k: Linear::load(&w.pp("k"), c.d_model, inner, false)?,
+            v: Linear::load(&w.pp("v"), c.d_model, inner, false)?,
+            o: Linear::load(&w.pp("o"), inner, c.d_model, false)?,
+            heads: c.num_heads,
+        })
+    }
+
+    fn project_kv(&self, x: Tensor<3>) -> (Tensor<4>, Tensor<4>) {
+        (split_heads(self.k.forward(x.clone()), self.heads), split_heads(self.v.forward(x), self.heads))
+    }
+
+    fn attend(&self, x: Tensor<3>, k: Tensor<4>, v: Tensor<4>, bias: Tensor<4>) -> Tensor<3> {
+        let q = split_heads(self.q.forward(x), self.heads);
+        self.o.forward(merge_heads(attention(q, k, v, 1.0, Some(bias))))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct FeedForward {
+    wi_0: Linear,
+    wi_1: Option<Linear>,
+    wo: Linear,
+    act: Activation,
+}
+
+impl FeedForward {
+    fn load(w: &Weights, c: &T5Config) -> Result<Self> {
+        let (gated, act) = c.feed_forward()?;
+        let (wi_0, wi_1) = if gated {
+            (Linear::load(&w.pp("wi_0"), c.d_model, c.d_ff, false)?, Some(Linear::load(&w.pp("wi_1"), c.d_model, c.d_ff, false)?))
+        } else {
+            (Linear::load(&w.pp("wi"), c.d_model, c.d_ff, false)?, None)
+        };
+        Ok(Self { wi_0, wi_1, wo: Linear::load(&w.pp("wo"), c.d_ff, c.d_model, false)?, act })
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = self.act.forward(self.wi_0.forward(x.clone()));
+        let h = match &self.wi_1 {
+            Some(wi_1) => h * wi_1.forward(x),
+            None => h,
+        };
+        self.wo.forward(h)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Block {
+    self_attention: Attention,
+    self_norm: RmsNorm,
+    cross_attention: Option<(Attention, RmsNorm)>,
+    feed_forward: FeedForward,
+    ff_norm: RmsNorm,
+}
+
+#[derive(Clone, Debug)]
+struct Stack {
+    blocks: Vec<Block>,
+    final_layer_norm: RmsNorm,
+    /// Layer 0's relative attention bias table `[num_buckets, heads]`, shared by all layers.
+    relative_attention_bias: Tensor<2>,
+    bidirectional: bool,
+}
+
+impl Stack {
+    fn load(w: &Weights, c: &T5Config, layers: usize, decoder: bool) -> Result<Self> {
+        let eps = c.layer_norm_epsilon;
+        let blocks = (0..layers)
+            .map(|i| {
+                let b = w.pp("block").pp(i);
+                let ff_index = if decoder { 2 } else { 1 };
+                Ok(Block {
+                    self_attention: Attention::load(&b.pp("layer.0.SelfAttention"), c)?,
+                    self_norm: RmsNorm::load(&b.pp("layer.0.layer_norm"), c.d_model, eps)?,
+                    cross_attention: if decoder {
+                        Some((
+                            Attention::load(&b.pp("layer.1.EncDecAttention"), c)?,
+                            RmsNorm::load(&b.pp("layer.1.layer_norm"), c.d_model, eps)?,
+                        ))
+                    } else {
+                        None
+                    },
+                    feed_forward: FeedForward::load(&b.pp(format!("layer.{ff_index}.DenseReluDense")), c)?,
+                    ff_norm: RmsNorm::load(&b.pp(format!("layer.{ff_index}.layer_norm")), c.d_model, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            blocks,
+            final_layer_norm: RmsNorm::load(&w.pp("final_layer_norm"), c.d_model, eps)?,
+            relative_attention_bias: w
+                .pp("block.0.layer.0.SelfAttention.relative_attention_bias")
+                .get::<2>("weight", [c.relative_attention_num_buckets, c.num_heads])?,
+            bidirectional: !decoder,
+        })
+    }
+
+    /// Position bias `[1, heads, q_len, k_len]` for queries at absolute positions
+    /// `q_start..q_start+q_len` against keys `0..k_len`.
+    fn position_bias(&self, q_start: usize, q_len: usize, k_len: usize, c: &T5Config) -> Tensor<4> {
+        let device = self.relative_attention_bias.device();
+        let buckets: Vec<i64> = (0..q_len)
+            .flat_map(|i| {
+                (0..k_len).map(move |j| {
+                    relative_position_bucket(
+                        j as i64 - (q_start + i) as i64,
+                        self.bidirectional,
+                        c.relative_attention_num_buckets,
+                        c.relative_attention_max_distance,
+                    ) as i64
+                })
+            })
+            .collect();
+        let idx = Tensor::<1, Int>::from_ints(buckets.as_slice(), &device);
+        let heads = self.relative_attention_bias.dims()[1];
+        self.relative_attention_bias
+            .clone()
+            .select(0, idx)
+            .reshape([q_len, k_len, heads])
+            .permute([2, 0, 1])
+            .unsqueeze::<4>()
+    }
+}
+
+/// Encoder output kept for generation: hidden states and the encoder padding mask.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    pub hidden: Tensor<3>,
+    mask: Tensor<4>,
+}
+
+/// Decoder caches: self-attention keys/values that grow, cross-attention keys/values fixed.
+struct DecoderCache {
+    self_kv: Vec<(Tensor<4>, Tensor<4>)>,
+    cross_kv: Vec<(Tensor<4>, Tensor<4>)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct T5 {
+    pub config: T5Config,
+    shared: Tensor<2>,
+    encoder: Stack,
+    decoder: Stack,
+    lm_head: Tensor<2>,
+}
+
+impl T5 {
+    pub fn load(w: &Weights, config: &T5Config) -> Result<Self> {
+        let shared = w.get::<2>("shared.weight", [config.vocab_size, config.d_model])?;
+        // Tied copies of `shared` that some files carry.
+        w.ignore("encoder.embed_tokens.weight");
+        w.ignore("decoder.embed_tokens.weight");
+        let lm_head = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
+            w.get::<2>("lm_head.weight", [config.vocab_size, config.d_model])?
+        } else {
+            w.ignore("lm_head.weight");
+            shared.clone()
+        };
+        Ok(Self {
+            encoder: Stack::load(&w.pp("encoder"), config, config.num_layers, false)?,
+            decoder: Stack::load(&w.pp("decoder"), config, config.num_decoder_layers.unwrap_or(config.num_layers), true)?,
+            lm_head: lm_head.transpose(),
+            shared,
+            config: config.clone(),
+        })
+    }
+
+    fn check_ids(&self, ids: &[Vec<u32>]) -> Result<usize> {
+        let t = ids.first().map_or(0, Vec::len);
+        if ids.is_empty() || t == 0 || ids.iter().any(|r| r.len() != t) {
+            return Err(Error::InvalidInput("T5 expects a non-empty batch of rows of equal length".into()));
+        }
+        if let Some(bad) = ids.iter().flatten().find(|&&id| id as usize >= self.config.vocab_size) {
+            return Err(Error::InvalidInput(format!("token id {bad} is outside the vocabulary ({})", self.config.vocab_size)));
+        }
+        Ok(t)
+    }
+
+    /// Encoder last hidden state `[batch, seq, d]` for padded ids and masks.
+    pub fn encode(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u32>]) -> Result<EncoderOutput> {
+        let t = self.check_ids(ids)?;
+        let device = self.shared.device();
+        let mask = padding_mask(attention_mask, &device);
+        let bias = self.encoder.position_bias(0, t, t, &self.config) + mask.clone();
+        let mut x = super::embed(&self.shared, super::ids_tensor(ids, &device));
+        for block in &self.encoder.blocks {
+            let h = block.self_norm.forward(x.clone());
+            let (k, v) = block.self_attention.project_kv(h.clone());
+            x = x + block.self_attention.attend(h, k, v, bias.clone());
+            x = x.clone() + block.feed_forward.forward(block.ff_norm.forward(x));
+        }
+        Ok(EncoderOutput { hidden: self.encoder.final_layer_norm.forward(x), mask })
+    }
+
+    fn new_cache(&self, enc: &EncoderOutput) -> DecoderCache {
+        let cross_kv = self
+            .decoder
+            .blocks
+            .iter()
+            .filter_map(|b| b.cross_attention.as_ref().map(|(a, _)| a.project_kv(enc.hidden.clone())))
+            .collect();
+        DecoderCache { self_kv: Vec::new(), cross_kv }
+    }
+
+    /// Runs decoder ids `[batch, q_len]` after the cached positions; returns logits `[batch, q_len, vocab]`.
+    fn decode_step(&self, ids: Tensor<2, Int>, enc: &EncoderOutput, cache: &mut DecoderCache) -> Tensor<3> {
+        let [b, q_len] = ids.dims();
+        let past = cache.self_kv.first().map_or(0, |(k, _)| k.dims()[2]);
+        let device = self.shared.device();
+        let mut bias = self.decoder.position_bias(past, q_len, past + q_len, &self.config);
+        if q_len > 1 {
+            bias = bias + super::causal_mask(q_len, past, &device);
+        }
+        let fresh = cache.self_kv.is_empty();
+        let mut x = super::embed(&self.shared, ids);
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let h = block.self_norm.forward(x.clone());
+            let (mut k, mut v) = block.self_attention.project_kv(h.clone());
+            if fresh {
+                cache.self_kv.push((k.clone(), v.clone()));
+            } else {
+                let (ck, cv) = &cache.self_kv[i];
+                k = Tensor::cat(vec![ck.clone(), k], 2);
+                v = Tensor::cat(vec![cv.clone(), v], 2);
+                cache.self_kv[i] = (k.clone(), v.clone());
+            }
+            x = x + block.self_attention.attend(h, k, v, bias.clone());
+            if let Some((cross, norm)) = &block.cross_attention {
+                let (ck, cv) = cache.cross_kv[i].clone();
+                x = x.clone() + cross.attend(norm.forward(x), ck, cv, enc.mask.clone());
+            }
+            x = x.clone() + block.feed_forward.forward(block.ff_norm.forward(x));
+        }
+        let mut x = self.decoder.final_layer_norm.forward(x);
+        if self.config.tie_word_embeddings {
+            // Only tied heads rescale (Flan-T5 is untied: no rescale).
+            x = x * (self.config.d_model as f64).powf(-0.5);
+        }
+        let d = self.config.d_model;
+        x.reshape([b * q_len, d]).matmul(self.lm_head.clone()).reshape([b, q_len, self.config.vocab_size])
+    }
+
+    /// Teacher-forced decoder logits `[batch, len, vocab]` for decoder input ids (tests, scoring).
+    pub fn decoder_logits(&self, enc: &EncoderOutput, decoder_ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        self.check_ids(decoder_ids)?;
+        let device = self.shared.device();
+        let mut cache = self.new_cache(enc);
+        Ok(self.decode_step(super::ids_tensor(decoder_ids, &device), enc, &mut cache))
+    }
+
+    /// Batched greedy generation as HF `generate(num_beams=1, max_length)`: decoding starts from
+    /// `decoder_start_token_id` (else pad), finished rows are padded with pad, and it stops when
+    /// every row has produced EOS or the decoder sequence reaches `max_length` positions (the start
+    /// token included). Returns the generated ids per row, start token excluded, up to and
+    /// including EOS when produced.
+    pub fn generate_greedy(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u32>], max_length: usize) -> Result<Vec<Vec<u32>>> {
+        let enc = self.encode(ids, attention_mask)?;
+        let device = self.shared.device();
+        let b = ids.len();
+        let start = self.config.decoder_start_token_id.unwrap_or(self.config.pad_token_id);
+        let (eos, pad) = (self.config.eos_token_id, self.config.pad_token_id);
+        let mut cache = self.new_cache(&enc);
+        let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut finished = vec![false; b];
+        let mut next: Vec<u32> = vec![start; b];
+        for _ in 1..max_length.max(1) {
+            let step_ids = Tensor::<1, Int>::from_ints(next.iter().map(|&x| x as i64).collect::<Vec<_>>().as_slice(), &device)
+                .reshape([b, 1]);
+            let logits = self.decode_step(step_ids, &enc, &mut cache);
+            let argmax = super::to_vec_int(logits.reshape([b, self.config.vocab_size]).argmax(1))?;
+            for row in 0..b {
+                next[row] = if finished[row] { pad } else { argmax[row] as u32 };
+                if !finished[row] {
+                    out[row].push(next[row]);
+                    finished[row] = next[row] == eos;
+                }
+            }
+            if finished.iter().all(|&f| f) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
