@@ -86,29 +86,48 @@ impl TensorView {
         self.shape.iter().product()
     }
 
-    /// Checks that every element the view addresses lies inside its storage.
+    /// Checks that every element the view addresses lies inside its storage. All arithmetic is
+    /// overflow-checked: the numbers come from files and may lie.
     pub fn validate(&self, file: &str, name: &str) -> Result<()> {
-        let storage_len = self.range.len();
-        if self.range.end > self.bytes.as_ref().as_ref().len() {
+        let file_len = self.bytes.as_ref().as_ref().len();
+        if self.range.start > self.range.end || self.range.end > file_len {
             return Err(Error::tensor(file, name, format!(
                 "data range {:?} lies past the end of the file ({} bytes): truncated file?",
-                self.range,
-                self.bytes.as_ref().as_ref().len()
+                self.range, file_len
             )));
         }
-        if self.numel() == 0 {
+        let storage_len = self.range.len();
+        if self.shape.len() != self.strides.len() {
+            return Err(Error::tensor(file, name, format!(
+                "shape {:?} and strides {:?} differ in rank", self.shape, self.strides
+            )));
+        }
+        let numel = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let Some(numel) = numel else {
+            return Err(Error::tensor(file, name, format!("shape {:?} overflows", self.shape)));
+        };
+        if numel == 0 {
             return Ok(());
         }
-        let last = self.offset
-            + self.shape.iter().zip(&self.strides).map(|(d, s)| (d - 1) * s).sum::<usize>();
-        if (last + 1) * self.dtype.size() > storage_len {
+        let last = self.shape.iter().zip(&self.strides).try_fold(self.offset, |acc, (d, s)| {
+            (d - 1).checked_mul(*s).and_then(|x| acc.checked_add(x))
+        });
+        let needed = last.and_then(|l| l.checked_add(1)).and_then(|l| l.checked_mul(self.dtype.size()));
+        match needed {
+            Some(needed) if needed <= storage_len => {}
+            _ => {
+                return Err(Error::tensor(file, name, format!(
+                    "shape {:?} with strides {:?} and offset {} reaches past its storage of {} bytes",
+                    self.shape, self.strides, self.offset, storage_len
+                )))
+            }
+        }
+        // Overlapping or broadcast views (stride 0) may address more elements than the storage
+        // holds; bound them so a lying header cannot make `to_f32` allocate without limit.
+        const MAX_VIEW_ELEMENTS: usize = 1 << 28;
+        if numel.saturating_mul(self.dtype.size()) > storage_len && numel > MAX_VIEW_ELEMENTS {
             return Err(Error::tensor(file, name, format!(
-                "shape {:?} with strides {:?} and offset {} needs {} bytes, storage holds {}",
-                self.shape,
-                self.strides,
-                self.offset,
-                (last + 1) * self.dtype.size(),
-                storage_len
+                "view of {numel} elements over a storage of {storage_len} bytes is too large"
             )));
         }
         Ok(())
