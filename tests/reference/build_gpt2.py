@@ -26,7 +26,10 @@ MAPPING = dict(continuous_length=10, clip_project_length=10, clip_hidden_size=16
 
 # Stop-token shaping (see make_stop_direction): a unit direction d is added to the position embeddings with a ramp
 # over positions, and to the wte rows of "." (13) and " ." (764), so that stopping becomes likely after some tokens.
-STOP = dict(seed=203, ramp_start=20, ramp_len=40, ramp_amp=6.0, dot_gain=4.5, spacedot_gain=4.2)
+STOP = dict(seed=203, ramp_start=20, ramp_len=40, ramp_amp=300.0, dot_gain=8.0, spacedot_gain=7.5)
+# block weights ~ N(0, (BLOCK_GAIN / sqrt(fan_in))^2): large enough that the blocks, not the input token, drive the
+# logits (with small blocks a random GPT-2 just repeats its last input token)
+BLOCK_GAIN = 3.0
 
 TOKENIZER_STRINGS = [
     "There are giraffe, building in image.",
@@ -85,7 +88,7 @@ def build_gpt2():
         t.wpe.weight.normal_(0, 0.3, generator=g)
         for blk in t.h:
             for conv in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj):
-                conv.weight.normal_(0, conv.weight.shape[0] ** -0.5, generator=g)
+                conv.weight.normal_(0, BLOCK_GAIN * conv.weight.shape[0] ** -0.5, generator=g)
     randomize_1d(gpt, 204)
     # stop-token shaping
     gs = gen(STOP["seed"])
