@@ -266,6 +266,10 @@ def merge_graph_dict(sbert, entities, count_dict, entire, sentences, record=None
 
 def retrieve_concepts(parser, parser_tok, sbert, captions, record=None):
     graphs = parse(parser, parser_tok, captions, record=record)
+    return concepts_from_graphs(sbert, graphs, captions, record)
+
+
+def concepts_from_graphs(sbert, graphs, captions, record=None):
     entities, counts, entire, per_caption = get_graph_dict(graphs)
     if record is not None:
         record["per_caption_entities"] = per_caption
@@ -428,8 +432,10 @@ def run_image(m, path, tensors, key):
     soft = vc.mapping_network(feat).view(-1, vc.continuous_length, vc.gpt_hidden_size)
     hard = vc.word_embed(torch.tensor([hard_ids]))
     rec["mapping_output_first"] = soft[0, 0, :8].tolist()
-    tensors[f"{key}.pixel_values_hf"] = pv_hf
-    tensors[f"{key}.pixel_values_openai"] = pv_oa
+    # pixel tensors cost 600 kB each: the HF ones of images 0 and 1 are expected/clip.safetensors "pixel_values";
+    # the OpenAI-front-end tensor is kept for image 0 only (street.jpg, where the two centre crops differ by 1 px)
+    if key == "image0":
+        tensors[f"{key}.pixel_values_openai"] = pv_oa
     tensors[f"{key}.retrieval_image_embeds"] = img_emb
     tensors[f"{key}.clip_image_features_normalized"] = feat
     tensors[f"{key}.mapping_output"] = soft
@@ -454,6 +460,23 @@ def run_image(m, path, tensors, key):
     return rec
 
 
+def build_concept_cases(sbert):
+    from concept_cases import CASES
+
+    out = []
+    for case in CASES:
+        rec = {"name": case["name"], "graphs": case["graphs"], "captions": case["captions"]}
+        concepts_from_graphs(sbert, case["graphs"], case["captions"], record=rec)
+        out.append(rec)
+        print(f"[concepts] {case['name']}: {rec['concepts_all']} pairs={len(rec['merge_pairs'])} "
+              f"wrong={rec['remove_wrong']}")
+    save_json(os.path.join(EXPECTED, "concepts.json"), {
+        "note": "concept logic (get_graph_dict with dict.fromkeys, merge_graph_dict, filter_relation) on given "
+                "graph strings, tiny SBERT from tests/fixtures/bert",
+        "cases": out,
+    })
+
+
 def build(img_paths):
     m = load_models()
     tensors = {}
@@ -468,6 +491,7 @@ def build(img_paths):
                 extra = " lengths=" + str([b["length"] for b in r["beams"]])
             print(f"    {mode}: {r['caption']!r}{extra}")
     save_tensors(os.path.join(EXPECTED, "pipeline.safetensors"), tensors)
+    build_concept_cases(m["sbert"])
     save_json(os.path.join(EXPECTED, "pipeline.json"), {
         "note": "MeaCap-InvLM on the tiny models; get_graph_dict uses first-occurrence order (dict.fromkeys) "
                 "instead of list(set(...)). Tensors for each image i are in pipeline.safetensors as image{i}.*",
