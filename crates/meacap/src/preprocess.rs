@@ -33,9 +33,9 @@ pub enum FrontEnd {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClipImageConfig {
     /// Target of the shortest edge before cropping.
-    pub shortest_edge: u32,
-    pub crop_height: u32,
-    pub crop_width: u32,
+    pub shortest_edge: usize,
+    /// Side of the square centre crop (CLIP's input resolution).
+    pub crop_size: usize,
     pub mean: [f32; 3],
     pub std: [f32; 3],
 }
@@ -44,8 +44,7 @@ impl Default for ClipImageConfig {
     fn default() -> Self {
         ClipImageConfig {
             shortest_edge: 224,
-            crop_height: 224,
-            crop_width: 224,
+            crop_size: 224,
             mean: [0.48145466, 0.4578275, 0.40821073],
             std: [0.26862954, 0.26130258, 0.27577711],
         }
@@ -54,55 +53,47 @@ impl Default for ClipImageConfig {
 
 impl ClipImageConfig {
     /// Reads `preprocessor_config.json` (`size` as int or `{shortest_edge}`, `crop_size` as int
-    /// or `{height,width}`, `image_mean`, `image_std`); absent fields keep the defaults.
-    pub fn from_preprocessor_json(bytes: &[u8], model: &str) -> Result<Self> {
-        let bad = |message: String| Error::Config {
-            model: model.to_string(),
-            file: "preprocessor_config.json".to_string(),
-            message,
-        };
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    /// or `{height,width}` (square only), `image_mean`, `image_std`); absent fields keep the
+    /// defaults. The error is a message for the caller to wrap with the model's name.
+    pub fn from_json(bytes: &[u8]) -> std::result::Result<Self, String> {
+        use serde_json::Value;
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         let mut cfg = ClipImageConfig::default();
-        let as_u32 = |x: &serde_json::Value, what: &str| -> Result<u32> {
+        let size = |x: &Value, what: &str| -> std::result::Result<usize, String> {
             x.as_u64()
                 .filter(|&n| n > 0 && n <= 65_535)
-                .map(|n| n as u32)
-                .ok_or_else(|| bad(format!("`{what}` must be a positive integer")))
+                .map(|n| n as usize)
+                .ok_or_else(|| format!("`{what}` must be a positive integer"))
         };
         match v.get("size") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(s) if s.is_u64() => cfg.shortest_edge = as_u32(s, "size")?,
+            None | Some(Value::Null) => {}
+            Some(s) if s.is_u64() => cfg.shortest_edge = size(s, "size")?,
             Some(s) => match s.get("shortest_edge") {
-                Some(e) => cfg.shortest_edge = as_u32(e, "size.shortest_edge")?,
-                None => {
-                    return Err(bad("`size` has no `shortest_edge` (only shortest-edge resizing is supported)".into()))
-                }
+                Some(e) => cfg.shortest_edge = size(e, "size.shortest_edge")?,
+                None => return Err("`size` has no `shortest_edge` (only shortest-edge resizing is supported)".into()),
             },
         }
         match v.get("crop_size") {
-            None | Some(serde_json::Value::Null) => {}
-            Some(c) if c.is_u64() => {
-                cfg.crop_height = as_u32(c, "crop_size")?;
-                cfg.crop_width = cfg.crop_height;
-            }
+            None | Some(Value::Null) => {}
+            Some(c) if c.is_u64() => cfg.crop_size = size(c, "crop_size")?,
             Some(c) => {
-                let h = c.get("height").ok_or_else(|| bad("`crop_size` lacks `height`".into()))?;
-                let w = c.get("width").ok_or_else(|| bad("`crop_size` lacks `width`".into()))?;
-                cfg.crop_height = as_u32(h, "crop_size.height")?;
-                cfg.crop_width = as_u32(w, "crop_size.width")?;
+                let h = size(c.get("height").ok_or("`crop_size` lacks `height`")?, "crop_size.height")?;
+                let w = size(c.get("width").ok_or("`crop_size` lacks `width`")?, "crop_size.width")?;
+                if h != w {
+                    return Err(format!("non-square crop {h}x{w} is not supported"));
+                }
+                cfg.crop_size = h;
             }
         }
-        let triple = |key: &str| -> Result<Option<[f32; 3]>> {
+        let triple = |key: &str| -> std::result::Result<Option<[f32; 3]>, String> {
             match v.get(key) {
-                None | Some(serde_json::Value::Null) => Ok(None),
+                None | Some(Value::Null) => Ok(None),
                 Some(a) => {
-                    let arr = a
-                        .as_array()
-                        .filter(|a| a.len() == 3)
-                        .ok_or_else(|| bad(format!("`{key}` must be 3 numbers")))?;
+                    let arr =
+                        a.as_array().filter(|a| a.len() == 3).ok_or_else(|| format!("`{key}` must be 3 numbers"))?;
                     let mut out = [0f32; 3];
                     for (o, x) in out.iter_mut().zip(arr) {
-                        *o = x.as_f64().ok_or_else(|| bad(format!("`{key}` must be 3 numbers")))? as f32;
+                        *o = x.as_f64().ok_or_else(|| format!("`{key}` must be 3 numbers"))? as f32;
                     }
                     Ok(Some(out))
                 }
@@ -113,12 +104,12 @@ impl ClipImageConfig {
         }
         if let Some(s) = triple("image_std")? {
             if s.iter().any(|&x| x == 0.0 || !x.is_finite()) {
-                return Err(bad("`image_std` must be finite and non-zero".into()));
+                return Err("`image_std` must be finite and non-zero".into());
             }
             cfg.std = s;
         }
-        if cfg.crop_height > cfg.shortest_edge || cfg.crop_width > cfg.shortest_edge {
-            return Err(bad("crop larger than the resized shortest edge is not supported".into()));
+        if cfg.crop_size > cfg.shortest_edge {
+            return Err("a crop larger than the resized shortest edge is not supported".into());
         }
         Ok(cfg)
     }
@@ -728,7 +719,7 @@ fn resized_size(w: usize, h: usize, short: usize) -> (usize, usize) {
     }
 }
 
-fn crop_rgb(px: &[u8], w: usize, h: usize, top: usize, left: usize, ch: usize, cw: usize) -> Vec<u8> {
+fn crop_rgb(px: &[u8], w: usize, top: usize, left: usize, ch: usize, cw: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(ch * cw * 3);
     for y in top..top + ch {
         out.extend_from_slice(&px[(y * w + left) * 3..(y * w + left + cw) * 3]);
@@ -754,16 +745,16 @@ fn half_even_div2(x: usize) -> usize {
     }
 }
 
-/// The `crop_height × crop_width × 3` uint8 crop each front-end feeds to `/255`, HWC.
+/// The `crop_size × crop_size × 3` uint8 crop each front-end feeds to `/255`, HWC.
 pub fn resize_crop_u8(img: &DecodedImage, front: FrontEnd, cfg: &ClipImageConfig) -> Result<Vec<u8>> {
     let (w, h) = (img.width as usize, img.height as usize);
-    let (ch, cw) = (cfg.crop_height as usize, cfg.crop_width as usize);
-    let short = cfg.shortest_edge as usize;
-    if w == 0 || h == 0 || short == 0 || ch == 0 || cw == 0 {
+    let (ch, cw) = (cfg.crop_size, cfg.crop_size);
+    let short = cfg.shortest_edge;
+    if w == 0 || h == 0 || short == 0 || ch == 0 {
         return Err(img_err(&img.name, "empty image or zero-sized configuration"));
     }
-    if ch > short || cw > short {
-        return Err(Error::InvalidInput(format!("crop {ch}x{cw} larger than the resized short side {short}")));
+    if ch > short {
+        return Err(Error::InvalidInput(format!("crop {ch} larger than the resized short side {short}")));
     }
     let (ow, oh) = resized_size(w, h, short);
     match front {
@@ -773,7 +764,7 @@ pub fn resize_crop_u8(img: &DecodedImage, front: FrontEnd, cfg: &ClipImageConfig
                 Pixels::U16(p) => std::borrow::Cow::Owned(i16_to_rgb(p)),
             };
             let r = resample_u8(&rgb, w, h, 3, ow, oh);
-            Ok(crop_rgb(&r, ow, oh, (oh - ch) / 2, (ow - cw) / 2, ch, cw))
+            Ok(crop_rgb(&r, ow, (oh - ch) / 2, (ow - cw) / 2, ch, cw))
         }
         FrontEnd::OpenAi => {
             let (top, left) = (half_even_div2(oh - ch), half_even_div2(ow - cw));
@@ -820,10 +811,10 @@ pub fn normalize(hwc: &[u8], height: usize, width: usize, cfg: &ClipImageConfig)
     Ok(out)
 }
 
-/// The CLIP input for `front`: `[3, crop_height, crop_width]` f32, normalised, row-major.
+/// The CLIP input for `front`: `[3, crop_size, crop_size]` f32, normalised, row-major.
 pub fn preprocess(img: &DecodedImage, front: FrontEnd, cfg: &ClipImageConfig) -> Result<Vec<f32>> {
     let u8s = resize_crop_u8(img, front, cfg)?;
-    normalize(&u8s, cfg.crop_height as usize, cfg.crop_width as usize, cfg)
+    normalize(&u8s, cfg.crop_size, cfg.crop_size, cfg)
 }
 
 /// Whether two preprocessed inputs are bit-identical (then CLIP needs to run only once).
@@ -847,11 +838,13 @@ mod tests {
     #[test]
     fn config_from_json() {
         let j = br#"{"crop_size": 224, "size": {"shortest_edge": 256}, "image_mean": [0.5,0.5,0.5], "image_std": [0.5,0.5,0.5]}"#;
-        let c = ClipImageConfig::from_preprocessor_json(j, "m").expect("valid");
-        assert_eq!((c.shortest_edge, c.crop_height, c.crop_width), (256, 224, 224));
+        let c = ClipImageConfig::from_json(j).expect("valid");
+        assert_eq!((c.shortest_edge, c.crop_size), (256, 224));
         assert_eq!(c.mean, [0.5; 3]);
         let j = br#"{"crop_size": {"height": 224, "width": 224}, "size": 224}"#;
-        assert_eq!(ClipImageConfig::from_preprocessor_json(j, "m").expect("valid"), ClipImageConfig::default());
-        assert!(ClipImageConfig::from_preprocessor_json(b"{\"size\": -1}", "m").is_err());
+        assert_eq!(ClipImageConfig::from_json(j).expect("valid"), ClipImageConfig::default());
+        assert!(ClipImageConfig::from_json(b"{\"size\": -1}").is_err());
+        assert!(ClipImageConfig::from_json(br#"{"crop_size": {"height": 224, "width": 200}}"#).is_err());
+        assert!(ClipImageConfig::from_json(b"not json").is_err());
     }
 }

@@ -209,8 +209,8 @@ fn huge_and_zero_dimensions_are_refused() {
 fn config_crop_size_is_honoured() {
     let bytes = read(&fixtures().join("images/rgb_516x483.png"));
     let img = preprocess::decode(&bytes, "big").expect("decode");
-    let j = br#"{"size": {"shortest_edge": 256}, "crop_size": {"height": 240, "width": 200}}"#;
-    let cfg = ClipImageConfig::from_preprocessor_json(j, "m").expect("cfg");
+    let j = br#"{"size": {"shortest_edge": 256}, "crop_size": {"height": 240, "width": 240}}"#;
+    let cfg = ClipImageConfig::from_json(j).expect("cfg");
     let v = preprocess::preprocess(&img, FrontEnd::HuggingFace, &cfg).expect("pp");
-    assert_eq!(v.len(), 3 * 240 * 200);
+    assert_eq!(v.len(), 3 * 240 * 240);
 }
