@@ -57,6 +57,7 @@ impl TextTokenizer {
         };
         let vocab: HashMap<String, u32> =
             serde_json::from_slice(vocab_bytes.as_ref().as_ref()).map_err(|e| err(format!("vocab.json: {e}")))?;
+        let vocab: tokenizers::models::bpe::Vocab = vocab.into_iter().collect();
         let merges_text = std::str::from_utf8(merges_bytes.as_ref().as_ref()).map_err(|e| err(format!("merges.txt: {e}")))?;
         let mut merges = Vec::new();
         for (n, line) in merges_text.lines().enumerate() {
