@@ -504,3 +504,17 @@ fn mutated_pickles_never_panic() {
         }
     }
 }
+
+/// torch 2.1 wrote this valid archive (zip64 end records, as always); zip 9.8's reader refused it
+/// ("Invalid Central Directory header"), hence the reader's own central-directory parser.
+#[test]
+fn archive_refused_by_the_zip_crate_reads() {
+    let path = fixtures().join("memory/memory_wte_embeddings.pt");
+    let v = read_bare_tensor("wte.pt".into(), bytes(std::fs::read(path).unwrap())).unwrap();
+    assert_eq!((v.dtype, v.shape.clone()), (DType::F32, vec![12, 4]));
+    let rows = v.to_f32("wte.pt", "t").unwrap();
+    for row in rows.chunks(4) {
+        let norm: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+}

@@ -14,7 +14,6 @@
 //! allocated.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Cursor;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -129,31 +128,7 @@ impl<'f> Archive<'f> {
             };
             return Err(bad(format!("not a PyTorch zip archive{hint}")));
         }
-        let mut zip = zip::ZipArchive::new(Cursor::new(buf)).map_err(|e| bad(format!("not a readable zip archive: {e}")))?;
-        let mut raw = Vec::new();
-        for i in 0..zip.len() {
-            let entry = zip.by_index_raw(i).map_err(|e| bad(format!("zip entry {i}: {e}")))?;
-            let name = entry.name().map_err(|e| bad(format!("zip entry {i}: {e}")))?.to_string();
-            if entry.is_dir() {
-                continue;
-            }
-            let start = entry.data_start().ok_or_else(|| bad(format!("zip entry `{name}` has no data offset")))?;
-            let size = entry.compressed_size();
-            let range = usize::try_from(start)
-                .ok()
-                .zip(usize::try_from(size).ok())
-                .and_then(|(s, n)| s.checked_add(n).map(|e| s..e))
-                .filter(|r| r.end <= buf.len())
-                .ok_or_else(|| bad(format!("zip entry `{name}` lies past the end of the file: truncated?")))?;
-            let compressed = if entry.encrypted() {
-                Some("encrypted".to_string())
-            } else if entry.compression() != zip::CompressionMethod::Stored || entry.size() != size {
-                Some(format!("{:?}", entry.compression()))
-            } else {
-                None
-            };
-            raw.push((name, Entry { range, compressed }));
-        }
+        let raw = read_zip_entries(file, buf)?;
         // The top folder's name is arbitrary (torch uses the file stem): locate `data.pkl` at the
         // shallowest depth and strip its folder from every name.
         let pkl = raw
@@ -246,6 +221,124 @@ impl<'f> Archive<'f> {
         view.validate(self.file, name)?;
         Ok(view)
     }
+}
+
+/// Lists a zip archive's entries straight from its central directory (zip64 included), with the
+/// absolute byte range of each entry's data. Written here rather than taken from the `zip` crate:
+/// zip 9.8 refuses some archives that torch 2.1 writes ("Invalid Central Directory header"), and
+/// torch archives need nothing beyond this (stored entries, one disk). Every offset is checked.
+fn read_zip_entries(file: &str, buf: &[u8]) -> Result<Vec<(String, Entry)>> {
+    let bad = |m: String| Error::weight_file(file, format!("zip archive: {m}"));
+    let u16_at = |p: usize| buf.get(p..p + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u64);
+    let u32_at = |p: usize| buf.get(p..p + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64);
+    let u64_at = |p: usize| {
+        buf.get(p..p + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    };
+    let truncated = || bad("truncated central directory".into());
+
+    // End of central directory: the last signature whose comment reaches the end of the file.
+    let lowest = buf.len().saturating_sub(22 + 0xffff);
+    let eocd = (lowest..buf.len().saturating_sub(21))
+        .rev()
+        .filter(|&p| buf[p..].starts_with(b"PK\x05\x06"))
+        .find(|&p| u16_at(p + 20).is_some_and(|c| p + 22 + c as usize == buf.len()))
+        .ok_or_else(|| bad("no end-of-central-directory record (truncated file?)".into()))?;
+    let mut count = u16_at(eocd + 10).ok_or_else(truncated)?;
+    let mut cd_size = u32_at(eocd + 12).ok_or_else(truncated)?;
+    let mut cd_offset = u32_at(eocd + 16).ok_or_else(truncated)?;
+    // Zip64: a locator just before the EOCD points at the zip64 record with the real numbers.
+    if eocd >= 20 && buf[eocd - 20..].starts_with(b"PK\x06\x07") {
+        let rec = u64_at(eocd - 20 + 8).ok_or_else(truncated)?;
+        let rec = usize::try_from(rec).ok().filter(|&r| buf.get(r..).is_some_and(|b| b.starts_with(b"PK\x06\x06")));
+        let rec = rec.ok_or_else(|| bad("zip64 end-of-central-directory record missing".into()))?;
+        count = u64_at(rec + 32).ok_or_else(truncated)?;
+        cd_size = u64_at(rec + 40).ok_or_else(truncated)?;
+        cd_offset = u64_at(rec + 48).ok_or_else(truncated)?;
+    }
+    let cd_start = usize::try_from(cd_offset).map_err(|_| truncated())?;
+    let cd_end = usize::try_from(cd_size).ok().and_then(|s| cd_start.checked_add(s)).filter(|&e| e <= buf.len());
+    let cd_end = cd_end.ok_or_else(|| bad("central directory lies past the end of the file (truncated?)".into()))?;
+    // Each central record takes at least 46 bytes: a lying count cannot make us allocate more.
+    if count > ((cd_end - cd_start) / 46) as u64 {
+        return Err(bad(format!("{count} entries do not fit in a {}-byte central directory", cd_end - cd_start)));
+    }
+
+    let mut entries = Vec::with_capacity(count as usize);
+    let mut p = cd_start;
+    for i in 0..count {
+        if !buf.get(p..cd_end).is_some_and(|b| b.starts_with(b"PK\x01\x02")) {
+            return Err(bad(format!("central directory entry {i} is corrupt")));
+        }
+        let flags = u16_at(p + 8).ok_or_else(truncated)?;
+        let method = u16_at(p + 10).ok_or_else(truncated)?;
+        let mut comp = u32_at(p + 20).ok_or_else(truncated)?;
+        let mut size = u32_at(p + 24).ok_or_else(truncated)?;
+        let name_len = u16_at(p + 28).ok_or_else(truncated)? as usize;
+        let extra_len = u16_at(p + 30).ok_or_else(truncated)? as usize;
+        let comment_len = u16_at(p + 32).ok_or_else(truncated)? as usize;
+        let mut local = u32_at(p + 42).ok_or_else(truncated)?;
+        let name_start = p + 46;
+        let extra_start = name_start + name_len;
+        let next = extra_start + extra_len + comment_len;
+        if next > cd_end {
+            return Err(truncated());
+        }
+        let name = String::from_utf8_lossy(&buf[name_start..extra_start]).into_owned();
+        // Zip64 extended information (id 1): the 64-bit values of the fields set to 0xffffffff.
+        let mut e = extra_start;
+        while e + 4 <= extra_start + extra_len {
+            let id = u16_at(e).ok_or_else(truncated)?;
+            let len = u16_at(e + 2).ok_or_else(truncated)? as usize;
+            let body = e + 4;
+            if body + len > extra_start + extra_len {
+                break;
+            }
+            if id == 1 {
+                let mut q = body;
+                for field in [&mut size, &mut comp, &mut local] {
+                    if *field == 0xffff_ffff && q + 8 <= body + len {
+                        *field = u64_at(q).ok_or_else(truncated)?;
+                        q += 8;
+                    }
+                }
+            }
+            e = body + len;
+        }
+        p = next;
+        if name.ends_with('/') {
+            continue;
+        }
+        // The data follows the entry's local header, whose name and extra lengths may differ.
+        let local = usize::try_from(local).ok().filter(|&l| buf.get(l..).is_some_and(|b| b.starts_with(b"PK\x03\x04")));
+        let local = local.ok_or_else(|| bad(format!("entry `{name}` has no local header (truncated?)")))?;
+        let lname = u16_at(local + 26).ok_or_else(truncated)? as usize;
+        let lextra = u16_at(local + 28).ok_or_else(truncated)? as usize;
+        let start = local + 30 + lname + lextra;
+        let range = usize::try_from(comp)
+            .ok()
+            .and_then(|c| start.checked_add(c))
+            .filter(|&end| end <= buf.len())
+            .map(|end| start..end)
+            .ok_or_else(|| bad(format!("entry `{name}` lies past the end of the file (truncated?)")))?;
+        let compressed = if flags & 1 != 0 {
+            Some("encrypted".to_string())
+        } else if method != 0 || comp != size {
+            Some(match method {
+                8 => "deflate".to_string(),
+                12 => "bzip2".to_string(),
+                93 => "zstd".to_string(),
+                m => format!("method {m}"),
+            })
+        } else {
+            None
+        };
+        entries.push((name, Entry { range, compressed }));
+    }
+    Ok(entries)
 }
 
 // ---------------------------------------------------------------------------------------------
