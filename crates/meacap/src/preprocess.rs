@@ -376,8 +376,10 @@ fn from_dynamic(img: image::DynamicImage, name: &str, kind: SourceKind) -> Resul
 
 fn decode_jpeg(bytes: &[u8], name: &str, max_pixels: u64) -> Result<DecodedImage> {
     use zune_core::colorspace::ColorSpace;
+    // Strict: a truncated or corrupt scan is an error, as in Pillow (which refuses truncated
+    // files unless LOAD_TRUNCATED_IMAGES is set), never a silently grey-filled image.
     let opts = zune_core::options::DecoderOptions::default()
-        .set_strict_mode(false)
+        .set_strict_mode(true)
         .set_max_width(65_535)
         .set_max_height(65_535);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), opts);
