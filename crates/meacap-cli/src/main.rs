@@ -1,7 +1,11 @@
 //! `meacap-wgpu`: MeaCap-InvLM image captioning on any GPU (wgpu) or CPU, offline by design.
 
+mod bench;
 mod caption;
+mod doctor;
+mod fetch;
 mod files;
+mod memory;
 mod models;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +26,30 @@ struct Cli {
 enum Command {
     /// Caption images (accepts the original viecap_inference.py flags too).
     Caption(caption::CaptionArgs),
+    /// Check that everything a caption run needs is installed; say what to do if not.
+    Doctor(doctor::DoctorArgs),
+    /// Manage model files.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Build or convert memory banks.
+    #[command(subcommand)]
+    Memory(MemoryCommand),
+    /// Time each stage at full model size (random weights) on CPU and GPU.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download every model from the Hugging Face hub into the checkpoints tree.
+    Fetch(fetch::FetchArgs),
+}
+
+#[derive(Subcommand)]
+enum MemoryCommand {
+    /// Build a memory bank from a list of captions.
+    Build(memory::BuildArgs),
+    /// Convert a MeaCap `.pt` memory folder into the native (safetensors) format.
+    Convert(memory::ConvertArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +60,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Caption(args) => caption::run(args),
+        Command::Doctor(args) => doctor::run(args),
+        Command::Models(ModelsCommand::Fetch(args)) => fetch::run(args),
+        Command::Memory(MemoryCommand::Build(args)) => memory::build(args),
+        Command::Memory(MemoryCommand::Convert(args)) => memory::convert(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
