@@ -29,7 +29,7 @@ pub struct MappingConfig {
 impl MappingConfig {
     /// Infers the sizes from the checkpoint's tensors.
     pub fn infer(w: &Weights, num_heads: usize) -> Result<Self> {
-        let file = w.all_names().first().cloned().unwrap_or_default();
+        let file = w.file_names();
         let shape = |name: &str| {
             w.shape(name).ok_or_else(|| Error::StrictLoad {
                 file: file.clone(),
@@ -157,10 +157,11 @@ impl ClipCaptionModel {
     /// Loads `mapping_network.*` and `gpt.*` strictly. `gpt_config` comes from the GPT-2 folder's
     /// `config.json` (head count is not in the weights); layer count and sizes are checked against it.
     pub fn load(w: &Weights, gpt_config: &Gpt2Config, mapping_heads: usize) -> Result<Self> {
+        let w = &w.collecting();
         let mapping_config = MappingConfig::infer(&w.pp("mapping_network"), mapping_heads)?;
         let mapping_network = MappingNetwork::load(&w.pp("mapping_network"), &mapping_config)?;
         let layers = (0..).take_while(|i| w.contains(&format!("gpt.transformer.h.{i}.ln_1.weight"))).count();
-        let file = w.all_names().first().map(|_| "ViECap checkpoint".to_string()).unwrap_or_default();
+        let file = w.file_names();
         if layers != gpt_config.n_layer {
             return Err(Error::StrictLoad {
                 file,
@@ -174,12 +175,17 @@ impl ClipCaptionModel {
                 message: format!("mapping network d_model {} ≠ GPT-2 n_embd {}", mapping_config.d_model, gpt_config.n_embd),
             });
         }
+        let problems = w.problems();
         let unused = w.unused();
-        if !unused.is_empty() {
-            return Err(Error::StrictLoad {
-                file,
-                message: format!("unexpected keys: {}", unused.join(", ")),
-            });
+        if !problems.is_empty() || !unused.is_empty() {
+            let mut message = Vec::new();
+            if !problems.is_empty() {
+                message.push(format!("{} missing or misshapen: {}", problems.len(), problems.join("; ")));
+            }
+            if !unused.is_empty() {
+                message.push(format!("{} unexpected keys: {}", unused.len(), unused.join(", ")));
+            }
+            return Err(Error::StrictLoad { file, message: message.join("; ") });
         }
         Ok(Self { mapping_network, gpt })
     }

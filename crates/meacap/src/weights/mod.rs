@@ -201,6 +201,9 @@ pub struct Weights {
     prefix: String,
     device: Device,
     used: Arc<Mutex<BTreeSet<String>>>,
+    /// In strict-collect mode, problems are recorded here instead of failing the first `get`,
+    /// so a strict loader can list every missing or misshapen key at once.
+    problems: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Weights {
@@ -216,7 +219,21 @@ impl Weights {
             prefix: String::new(),
             device: device.clone(),
             used: Arc::new(Mutex::new(BTreeSet::new())),
+            problems: None,
         }
+    }
+
+    /// The same weights in collect mode: a missing or misshapen tensor is recorded (see
+    /// [`Self::problems`]) and stands in as zeros, so loading goes on and reports everything.
+    pub fn collecting(&self) -> Self {
+        let mut w = self.clone();
+        w.problems = Some(Arc::new(Mutex::new(Vec::new())));
+        w
+    }
+
+    /// Problems recorded in collect mode, in load order.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.as_ref().map(|p| p.lock().unwrap().clone()).unwrap_or_default()
     }
 
     /// Opens a Hugging Face model folder's weights: `model.safetensors`, else the shards listed in
@@ -285,7 +302,8 @@ impl Weights {
         source.view(&key).map(|v| (source, v))
     }
 
-    fn file_names(&self) -> String {
+    /// The files behind these weights, for messages.
+    pub fn file_names(&self) -> String {
         self.sources.list.iter().map(|s| s.file().to_string()).collect::<Vec<_>>().join(", ")
     }
 
@@ -338,8 +356,14 @@ impl Weights {
 
     /// The tensor on the device, shape-checked (0 in `shape` means "any size").
     pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let (data, shape) = self.get_f32(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(data, shape), &self.device))
+        match (self.get_f32(name, &shape), &self.problems) {
+            (Ok((data, shape)), _) => Ok(Tensor::from_data(TensorData::new(data, shape), &self.device)),
+            (Err(Error::Tensor { tensor, message, .. }), Some(problems)) => {
+                problems.lock().unwrap().push(format!("`{tensor}` {message}"));
+                Ok(Tensor::zeros(shape.map(|d| d.max(1)), &self.device))
+            }
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// Marks a key as deliberately ignored (e.g. GPT-2's causal-mask buffers).
