@@ -49,4 +49,4 @@ PY
 fi
 export MEACAP_MINILM_DIR="$minilm"
 
-cargo test --release --workspace "$@"
+cargo test --release "$@"
