@@ -265,8 +265,9 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
                     println!("{}", serde_json::to_string(&value)?);
                 } else {
                     let msg = format!("{name}: {}", caption.caption);
+                    // suspend, not bar.println: the latter is dropped when stderr is not a terminal.
                     match &progress {
-                        Some(bar) => bar.println(msg),
+                        Some(bar) => bar.suspend(|| println!("{msg}")),
                         None => println!("{msg}"),
                     }
                 }
@@ -276,7 +277,7 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
                 failures += 1;
                 let msg = format!("error: {name}: {err}");
                 match &progress {
-                    Some(bar) => bar.println(msg),
+                    Some(bar) => bar.suspend(|| eprintln!("{msg}")),
                     None => eprintln!("{msg}"),
                 }
                 None

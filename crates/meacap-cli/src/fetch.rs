@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use meacap_hub::{Env, FetchOptions, FileOutcome, Role};
+use meacap_hub::{Env, FetchOptions, FileOutcome, Role, VIECAP_RELEASE_URL};
 
 #[derive(Args, Debug, Clone)]
 pub struct FetchArgs {
@@ -77,6 +77,16 @@ pub fn run(args: FetchArgs) -> Result<ExitCode> {
     }
     for skipped in &report.skipped {
         println!("- {:<7} skipped: {}", skipped.role.key(), skipped.reason);
+    }
+    // ViECap is never downloaded; say where it comes from unless it is already in place.
+    let viecap = to.join(Role::Viecap.spec().local_name);
+    if !options.roles.contains(&Role::Viecap) && !viecap.is_file() {
+        println!(
+            "- viecap  not on the Hugging Face hub: download checkpoints.zip from the `checkpoints` release of \
+             https://github.com/FeiElysia/ViECap ({VIECAP_RELEASE_URL}), unzip it and copy \
+             train_coco/coco_prefix-0014.pt to {} (or pass --weight-path FILE)",
+            viecap.display()
+        );
     }
     println!("run `meacap-wgpu doctor` to check the result");
     Ok(ExitCode::SUCCESS)
