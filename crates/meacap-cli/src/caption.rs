@@ -191,6 +191,16 @@ fn already_done(output: &Path) -> Result<HashSet<String>> {
     Ok(done)
 }
 
+/// Writes one line to stdout. A closed pipe (`... | head`) ends the program quietly instead of
+/// panicking as `println!` would; everything finished is already in `--output`.
+fn stdout_line(line: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => Ok(other?),
+    }
+}
+
 pub fn run(args: CaptionArgs) -> Result<ExitCode> {
     let options = CaptionOptions {
         memory_caption_num: args.memory_caption_num,
@@ -262,13 +272,13 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
                     caption.timings_ms.0.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
                 );
                 if args.json {
-                    println!("{}", serde_json::to_string(&value)?);
+                    stdout_line(&serde_json::to_string(&value)?)?;
                 } else {
                     let msg = format!("{name}: {}", caption.caption);
                     // suspend, not bar.println: the latter is dropped when stderr is not a terminal.
                     match &progress {
-                        Some(bar) => bar.suspend(|| println!("{msg}")),
-                        None => println!("{msg}"),
+                        Some(bar) => bar.suspend(|| stdout_line(&msg))?,
+                        None => stdout_line(&msg)?,
                     }
                 }
                 Some(value)
