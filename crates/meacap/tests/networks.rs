@@ -208,7 +208,9 @@ fn real_minilm_matches_sentence_transformers() {
         .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect())
         .collect();
     let files = Dir(path.into());
-    for (name, device) in devices().into_iter().take(if cfg!(debug_assertions) { 1 } else { 2 }) {
+    // flex only: this test is about the real weights; the wgpu code path is covered by the tiny
+    // models, and a full-size model on a software Vulkan adapter would take minutes.
+    for (name, device) in [("flex", burn::prelude::Device::flex())] {
         let encoder = meacap::pipeline::SentenceEncoder::load(&files, &device).unwrap();
         let got = encoder.encode(&sentences).unwrap();
         let mut worst = 1f64;
