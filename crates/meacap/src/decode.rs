@@ -4,7 +4,6 @@
 //! of the generated tokens (stop token included), stop on the ids of "." and " .".
 
 use burn::prelude::*;
-use burn::tensor::activation;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -30,11 +29,36 @@ pub struct Hypothesis {
     pub score: f32,
 }
 
+/// Last-position log-probabilities `[rows × vocab]`, computed on the host from the logits.
+///
+/// The original takes `softmax(logits).log()` (not `log_softmax`) on the CPU in f32, where
+/// probabilities below f32's normal range stay denormal (log ≈ -100) or underflow to 0 (log =
+/// -inf). GPUs flush denormals to zero or clamp them, which turns some -inf candidates finite
+/// (or the reverse) and changes which beams survive once the finite candidates run out. The
+/// host computes the same arithmetic on every device.
 fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
     let logits = gpt.last_logits(hidden);
     let vocab = logits.dims()[1];
-    // softmax then log, as the original (not log_softmax): underflow gives -inf the same way.
-    Ok((to_vec(activation::softmax(logits, 1).log())?, vocab))
+    let mut values = to_vec(logits)?;
+    for row in values.chunks_mut(vocab) {
+        softmax_log_in_place(row);
+    }
+    Ok((values, vocab))
+}
+
+/// `softmax(x).log()` as torch computes it on the CPU: exp(x - max), times the reciprocal of the
+/// sum, then the natural log.
+fn softmax_log_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x = (*x * inv).ln();
+    }
 }
 
 fn embed_ids(gpt: &Gpt2, ids: &[u32]) -> Tensor<3> {
