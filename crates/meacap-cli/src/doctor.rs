@@ -314,19 +314,7 @@ fn write_text(
         }
     }
 
-    writeln!(out, "\nSettings")?;
-    writeln!(out, "  checkpoints dir: {}", report.checkpoints_dir.display())?;
-    writeln!(out, "  memory id:       {}", report.memory_id)?;
-    writeln!(out, "  HF cache:        {} (from {})", report.hf_cache.path.display(), report.hf_cache.from)?;
-    writeln!(out, "  hub endpoint:    {}", report.endpoint)?;
-    match &report.offline_reason {
-        Some(reason) => writeln!(out, "  offline:         yes ({reason})")?,
-        None => writeln!(out, "  offline:         no (a caption run downloads what is missing; --offline forbids it)")?,
-    }
-    writeln!(out, "\nEnvironment")?;
-    for var in &report.environment {
-        writeln!(out, "  {:<22} {}", var.name, var.value.as_deref().unwrap_or("(unset)"))?;
-    }
+    report.write_settings(out, "a caption run downloads what is missing; --offline forbids it")?;
     writeln!(out)?;
     if ready {
         writeln!(out, "✓ ready: `meacap-wgpu caption --image-path IMAGE` can run")?;

@@ -112,6 +112,12 @@ impl DoctorReport {
             }
         }
 
+        self.write_settings(out, "downloads only by `meacap-wgpu models fetch`")
+    }
+
+    /// The "Settings" and "Environment" sections; `online_note` explains what "offline: no" means
+    /// for the command printing it.
+    pub fn write_settings(&self, out: &mut impl std::fmt::Write, online_note: &str) -> std::fmt::Result {
         writeln!(out, "\nSettings")?;
         writeln!(out, "  checkpoints dir: {}", self.checkpoints_dir.display())?;
         writeln!(out, "  memory id:       {}", self.memory_id)?;
@@ -119,7 +125,7 @@ impl DoctorReport {
         writeln!(out, "  hub endpoint:    {}", self.endpoint)?;
         match &self.offline_reason {
             Some(reason) => writeln!(out, "  offline:         yes ({reason})")?,
-            None => writeln!(out, "  offline:         no (downloads only by `meacap-wgpu models fetch`)")?,
+            None => writeln!(out, "  offline:         no ({online_note})")?,
         }
         writeln!(out, "\nEnvironment")?;
         for var in &self.environment {
