@@ -247,7 +247,7 @@ pub fn build(args: BuildArgs) -> Result<ExitCode> {
     let config = meacap::models::clip::ClipConfig::from_json(&clip_files_describe(&clip_files), &config_bytes)?;
     let clip = meacap::models::clip::Clip::load(&meacap::weights::Weights::from_model_files(&clip_files, device)?, &config)
         .context("loading CLIP")?;
-    let tokenizer = meacap::tokenize::TextTokenizer::from_tokenizer_json(&clip_files)?;
+    let tokenizer = meacap::tokenize::TextTokenizer::clip(&clip_files)?;
     let pad_id = clip_pad_id(&clip_dir, &tokenizer)?;
     let sbert = match &sbert_dir {
         Some(dir) => Some(meacap::pipeline::SentenceEncoder::load(&DirFiles::new("sbert", dir), device).context("loading SBERT")?),

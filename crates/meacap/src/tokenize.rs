@@ -80,6 +80,55 @@ impl TextTokenizer {
         Ok(Self { inner, model })
     }
 
+    /// CLIP's BPE: `tokenizer.json`, else built from `vocab.json` + `merges.txt` exactly as
+    /// transformers' `CLIPConverter` builds the fast tokenizer (NFC, whitespace collapsing and
+    /// lower-casing; CLIP's split pattern; byte-level BPE with `</w>` word ends; BOS/EOS around).
+    pub fn clip(files: &dyn ModelFiles) -> Result<Self> {
+        if files.exists("tokenizer.json") {
+            return Self::from_tokenizer_json(files);
+        }
+        let model = files.describe();
+        let err = |message: String| Error::Tokenizer { model: model.clone(), message };
+        let (Some(vocab_bytes), Some(merges_bytes)) = (files.open("vocab.json")?, files.open("merges.txt")?) else {
+            return Err(err("neither tokenizer.json nor vocab.json + merges.txt is present".into()));
+        };
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(vocab_bytes.as_ref().as_ref()).map_err(|e| err(format!("vocab.json: {e}")))?;
+        let id = |token: &str| {
+            vocab.get(token).and_then(|v| v.as_u64()).ok_or_else(|| err(format!("vocab.json has no `{token}`")))
+        };
+        let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+        let merges_text = std::str::from_utf8(merges_bytes.as_ref().as_ref()).map_err(|e| err(format!("merges.txt: {e}")))?;
+        let merges: Vec<&str> = merges_text.lines().filter(|l| !l.starts_with("#version") && !l.trim().is_empty()).collect();
+        let special = |id: u64, content: &str| {
+            serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                               "rstrip": false, "normalized": true, "special": true})
+        };
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [special(bos, "<|startoftext|>"), special(eos, "<|endoftext|>")],
+            "normalizer": {"type": "Sequence", "normalizers": [
+                {"type": "NFC"},
+                {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+                {"type": "Lowercase"}]},
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": "'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+                 "behavior": "Removed", "invert": true},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+            "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eos], "cls": ["<|startoftext|>", bos],
+                               "trim_offsets": false, "add_prefix_space": false},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>", "continuing_subword_prefix": "",
+                      "end_of_word_suffix": "</w>", "fuse_unk": false, "byte_fallback": false,
+                      "vocab": vocab, "merges": merges}
+        });
+        let bytes = serde_json::to_vec(&json).map_err(|e| err(e.to_string()))?;
+        let inner = Tokenizer::from_bytes(&bytes).map_err(|e| err(format!("building CLIP BPE: {e}")))?;
+        Ok(Self { inner, model })
+    }
+
     pub fn model(&self) -> &str {
         &self.model
     }

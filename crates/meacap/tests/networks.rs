@@ -96,11 +96,19 @@ fn viecap_mapping_network() {
 fn gpt2_tokenizer_matches_hf() {
     let meta = json("gpt2.json");
     let tok = meacap::tokenize::TextTokenizer::gpt2(&dir("gpt2")).unwrap();
+    // The same tokenizer built from vocab.json + merges.txt alone (no tokenizer.json).
+    let folder = dir("gpt2");
+    let bpe_only = meacap::MemFiles::new("gpt2 (vocab.json + merges.txt)")
+        .with("vocab.json", folder.require("vocab.json").unwrap().as_ref().as_ref().to_vec())
+        .with("merges.txt", folder.require("merges.txt").unwrap().as_ref().as_ref().to_vec());
+    let built = meacap::tokenize::TextTokenizer::gpt2(&bpe_only).unwrap();
     for case in meta["tokenizer_check"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(text, false, None).unwrap(), want, "{text:?}");
-        assert_eq!(tok.decode_clean(&want, false).unwrap(), case["decoded"].as_str().unwrap(), "{text:?}");
+        for t in [&tok, &built] {
+            assert_eq!(t.encode(text, false, None).unwrap(), want, "{}: {text:?}", t.model());
+            assert_eq!(t.decode_clean(&want, false).unwrap(), case["decoded"].as_str().unwrap(), "{}: {text:?}", t.model());
+        }
     }
 }
 
@@ -179,12 +187,21 @@ fn t5_encoder_decoder_and_batched_greedy_generation() {
 #[test]
 fn clip_tokenizer_matches_hf() {
     let meta = json("clip.json");
-    let tok = meacap::tokenize::TextTokenizer::from_tokenizer_json(&dir("clip")).unwrap();
+    let tok = meacap::tokenize::TextTokenizer::clip(&dir("clip")).unwrap();
+    // The same tokenizer built from vocab.json + merges.txt alone (no tokenizer.json).
+    let folder = dir("clip");
+    let bpe_only = meacap::MemFiles::new("clip (vocab.json + merges.txt)")
+        .with("vocab.json", folder.require("vocab.json").unwrap().as_ref().as_ref().to_vec())
+        .with("merges.txt", folder.require("merges.txt").unwrap().as_ref().as_ref().to_vec());
+    let built = meacap::tokenize::TextTokenizer::clip(&bpe_only).unwrap();
     for case in meta["tokenizer_check"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(tok.encode(text, true, None).unwrap(), want, "{text:?}");
+        assert_eq!(built.encode(text, true, None).unwrap(), want, "built from vocab/merges: {text:?}");
     }
+    let texts_built: Vec<String> = meta["texts"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert_eq!(built.encode_batch(&texts_built, true, Some(50), 49407).unwrap().ids, ids(&meta["input_ids"]));
     // The memory builder's tokenisation: max length 50 with truncation, padded with EOS.
     let texts: Vec<String> = meta["texts"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
     let batch = tok.encode_batch(&texts, true, Some(50), 49407).unwrap();
