@@ -52,4 +52,4 @@ PY
 fi
 export MEACAP_MINILM_DIR="$minilm"
 
-cargo test --release "$@"
+cargo test --release --no-fail-fast "$@"
