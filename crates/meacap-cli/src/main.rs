@@ -5,6 +5,7 @@ mod caption;
 mod doctor;
 mod fetch;
 mod files;
+mod manifest;
 mod memory;
 mod models;
 
@@ -42,6 +43,8 @@ enum Command {
 enum ModelsCommand {
     /// Download every model from the Hugging Face hub into the checkpoints tree.
     Fetch(fetch::FetchArgs),
+    /// Write meacap-manifest.json (sizes and sha256 of every file the browser page needs).
+    Manifest(manifest::ManifestArgs),
 }
 
 #[derive(Subcommand)]
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Caption(args) => caption::run(args),
         Command::Doctor(args) => doctor::run(args),
         Command::Models(ModelsCommand::Fetch(args)) => fetch::run(args),
+        Command::Models(ModelsCommand::Manifest(args)) => manifest::run(args),
         Command::Memory(MemoryCommand::Build(args)) => memory::build(args),
         Command::Memory(MemoryCommand::Convert(args)) => memory::convert(args),
         Command::Bench(args) => bench::run(args),

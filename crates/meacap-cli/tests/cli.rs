@@ -465,3 +465,37 @@ fn models_fetch_downloads_what_doctor_then_finds() {
     assert!(offline.stderr.contains("offline"), "{}", offline.stderr);
     assert_eq!(hub.connections(), connections, "an offline fetch touched the network");
 }
+
+#[test]
+fn models_manifest_lists_what_the_page_needs_with_sizes_and_hashes() {
+    let tree = Tree::new();
+    let run = tree.run(&["models", "manifest", "--weight-path", "./checkpoints/train_coco/coco_prefix-0014.pt"]);
+    run.assert_ok();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.path("meacap-manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "meacap-wgpu-manifest-v1");
+    let models = manifest["models"].as_object().unwrap();
+    let roles: Vec<&str> = models.keys().map(String::as_str).collect();
+    assert_eq!(roles, ["clip", "gpt2", "memory", "parser", "sbert", "viecap"]);
+    for (role, model) in models {
+        for file in model["files"].as_array().unwrap() {
+            let path = tree.path(file["path"].as_str().unwrap());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), file["size"].as_u64().unwrap(), "{role} {path:?}");
+            assert_eq!(meacap_hub::sha256_file(&path).unwrap(), file["sha256"].as_str().unwrap(), "{role} {path:?}");
+        }
+    }
+    let names = |role: &str| -> Vec<String> {
+        models[role]["files"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(names("clip").contains(&"preprocessor_config.json".to_string()), "{:?}", names("clip"));
+    assert!(names("sbert").contains(&"1_Pooling/config.json".to_string()), "{:?}", names("sbert"));
+    assert_eq!(names("viecap"), ["coco_prefix-0014.pt"]);
+    assert_eq!(names("memory"), ["memory_captions.json", "memory_clip_embeddings.pt"]);
+    assert_eq!(models["viecap"]["files"][0]["path"], "checkpoints/train_coco/coco_prefix-0014.pt");
+
+    // Files outside the served folder cannot be loaded by the page: say so and how to fix it.
+    std::fs::create_dir_all(tree.path("site")).unwrap();
+    let run = tree.run(&["models", "manifest", "--root", "site", "--weight-path", "./checkpoints/train_coco/coco_prefix-0014.pt"]);
+    assert!(!run.ok());
+    assert!(run.stderr.contains("is not under") && run.stderr.contains("--root"), "{}", run.stderr);
+}

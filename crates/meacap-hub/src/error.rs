@@ -34,6 +34,10 @@ pub enum HubError {
         source: std::io::Error,
     },
 
+    /// The browser manifest cannot be written for these models.
+    #[error("{0}")]
+    Manifest(String),
+
     /// The hub answered with an error status.
     #[error("GET {url} failed with HTTP {status}{hint}")]
     Http { url: String, status: u16, hint: String },

@@ -13,6 +13,7 @@ mod doctor;
 mod env;
 mod error;
 mod fetch;
+mod manifest;
 mod resolve;
 mod roles;
 
@@ -22,6 +23,10 @@ pub use error::{HubError, MissingModels, NotFound};
 pub use fetch::{
     fetch, part_path, FetchOptions, FetchReport, FetchedFile, FetchedModel, FileOutcome, SkippedRole,
     MANIFEST_NAME,
+};
+pub use manifest::{
+    browser_files, build_browser_manifest, sha256_file, BrowserManifest, ManifestFile, ManifestModel,
+    BROWSER_MANIFEST_FILE, BROWSER_MANIFEST_FORMAT,
 };
 pub use resolve::{
     is_commit_hash, looks_like_hub_id, repo_folder_name, Candidate, CandidateStatus, Resolved, Resolver,

@@ -481,6 +481,13 @@ where
     let counts = count_entities(graphs);
     let entities = counts.entities();
     let embeddings = if entities.is_empty() { Vec::new() } else { embed(&entities)? };
+    rank_with_embeddings(counts, &embeddings, captions)
+}
+
+/// The rest of [`retrieve_concepts`] once the entities of `counts` (in [`EntityCounts::entities`]
+/// order) are embedded: for callers that embed asynchronously.
+pub fn rank_with_embeddings<C: AsRef<str>>(counts: EntityCounts, embeddings: &[Vec<f32>], captions: &[C]) -> Result<Concepts> {
+    let entities = counts.entities();
     if embeddings.len() != entities.len() {
         return Err(Error::InvalidInput(format!(
             "concept embeddings: {} rows for {} entities",
@@ -488,7 +495,7 @@ where
             entities.len()
         )));
     }
-    let similarity = similarity_matrix(&embeddings)?;
+    let similarity = similarity_matrix(embeddings)?;
     merge_and_rank(counts, &similarity, captions)
 }
 

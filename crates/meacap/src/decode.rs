@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::models::gpt2::{Gpt2, KvCache};
-use crate::models::to_vec;
+use crate::device::block_on;
+use crate::models::read_f32;
 
 #[derive(Clone, Debug)]
 pub struct SearchConfig {
@@ -36,10 +37,10 @@ pub struct Hypothesis {
 /// -inf). GPUs flush denormals to zero or clamp them, which turns some -inf candidates finite
 /// (or the reverse) and changes which beams survive once the finite candidates run out. The
 /// host computes the same arithmetic on every device.
-fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
+async fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
     let logits = gpt.last_logits(hidden);
     let vocab = logits.dims()[1];
-    let mut values = to_vec(logits)?;
+    let mut values = read_f32(logits).await?;
     for row in values.chunks_mut(vocab) {
         softmax_log_in_place(row);
     }
@@ -83,6 +84,11 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
 
 /// ViECap `beam_search`: returns every beam, best first.
 pub fn beam_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Vec<Hypothesis>> {
+    block_on(beam_search_async(gpt, prefix, cfg))
+}
+
+/// [`beam_search`] with asynchronous read-backs (WebGPU in the browser).
+pub async fn beam_search_async(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Vec<Hypothesis>> {
     let [batch, _, _] = prefix.dims();
     if batch != 1 {
         return Err(Error::InvalidInput(format!("beam search takes one prefix, got a batch of {batch}")));
@@ -91,7 +97,7 @@ pub fn beam_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<
     let device = gpt.device();
     let mut cache = KvCache::default();
     let hidden = gpt.forward(prefix, &mut cache)?;
-    let (logp, vocab) = log_probs(gpt, hidden)?;
+    let (logp, vocab) = log_probs(gpt, hidden).await?;
 
     // First step: the top `width` tokens of the single prefix.
     let first = top_k(&logp, width);
@@ -107,7 +113,7 @@ pub fn beam_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<
             break;
         }
         let hidden = gpt.forward(embed_ids(gpt, &last), &mut cache)?;
-        let (mut logp, _) = log_probs(gpt, hidden)?;
+        let (mut logp, _) = log_probs(gpt, hidden).await?;
         for (beam, &is_stopped) in stopped.iter().enumerate() {
             if is_stopped {
                 let row = &mut logp[beam * vocab..(beam + 1) * vocab];
@@ -159,12 +165,17 @@ pub fn beam_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<
 
 /// ViECap `greedy_search`: argmax each step, stop after a stop token (kept) or `max_new_tokens`.
 pub fn greedy_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Hypothesis> {
+    block_on(greedy_search_async(gpt, prefix, cfg))
+}
+
+/// [`greedy_search`] with asynchronous read-backs (WebGPU in the browser).
+pub async fn greedy_search_async(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Hypothesis> {
     let mut cache = KvCache::default();
     let mut hidden = gpt.forward(prefix, &mut cache)?;
     let mut tokens = Vec::new();
     let mut total = 0f32;
     for step in 0..cfg.max_new_tokens {
-        let (logp, _) = log_probs(gpt, hidden)?;
+        let (logp, _) = log_probs(gpt, hidden).await?;
         let best = top_k(&logp, 1)[0];
         tokens.push(best as u32);
         total += logp[best];

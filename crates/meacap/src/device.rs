@@ -28,6 +28,19 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
+/// Runs an asynchronous computation that ends in tensor read-backs to completion.
+///
+/// The library's stages are `async` because WebGPU in the browser can only read GPU memory
+/// asynchronously. Natively this blocks on them; in the browser it succeeds only when nothing
+/// has to wait (the CPU backend) and otherwise says to use the `*_async` form.
+pub fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    burn::tensor::try_read_sync(f).unwrap_or_else(|| {
+        Err(Error::Device(
+            "this device reads results back asynchronously (WebGPU in a browser): call the `_async` form".into(),
+        ))
+    })
+}
+
 /// A ready device and what it is, for messages and reports.
 #[derive(Clone)]
 pub struct SelectedDevice {
@@ -44,6 +57,7 @@ impl fmt::Debug for SelectedDevice {
 
 impl SelectedDevice {
     pub fn cpu() -> Self {
+        // wasm32 has no threads (available_parallelism errs there).
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self { device: Device::flex(), description: format!("CPU (burn flex, {threads} threads)"), is_gpu: false }
     }
@@ -58,6 +72,31 @@ pub struct AdapterInfo {
     pub driver: String,
 }
 
+impl AdapterInfo {
+    fn of(setup: &burn::tensor::wgpu::WgpuSetup) -> Self {
+        let info = setup.adapter.get_info();
+        Self {
+            name: info.name,
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+        }
+    }
+
+    /// `false` for software adapters (lavapipe, SwiftShader), which are slower than the CPU backend.
+    pub fn is_hardware(&self) -> bool {
+        !self.device_type.eq_ignore_ascii_case("Cpu")
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} ({}, {}, wgpu)", self.name, self.backend, self.device_type)
+    }
+}
+
+fn init_error(e: impl fmt::Display) -> Error {
+    Error::Device(format!("no wgpu adapter could be opened: {e}"))
+}
+
 #[cfg(not(target_family = "wasm"))]
 static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterInfo), String>> = std::sync::OnceLock::new();
 
@@ -66,30 +105,24 @@ static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterInfo), Stri
 pub fn wgpu_device() -> Result<(Device, AdapterInfo)> {
     WGPU.get_or_init(|| {
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| format!("{e}"))?;
-        let info = setup.adapter.get_info();
-        Ok((
-            device,
-            AdapterInfo {
-                name: info.name,
-                backend: format!("{:?}", info.backend),
-                device_type: format!("{:?}", info.device_type),
-                driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
-            },
-        ))
+        Ok((device, AdapterInfo::of(&setup)))
     })
     .clone()
-    .map_err(|e| Error::Device(format!("no wgpu adapter could be opened: {e}")))
+    .map_err(init_error)
+}
+
+/// Opens the default wgpu adapter asynchronously (the only way in a browser, where it is WebGPU).
+/// burn's runtime can be initialised once: callers keep the result.
+pub async fn open_wgpu_async() -> Result<(Device, AdapterInfo)> {
+    let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?;
+    Ok((device, AdapterInfo::of(&setup)))
 }
 
 /// Resolves a choice to a ready device. `Auto` falls back to the CPU when no adapter opens.
 #[cfg(not(target_family = "wasm"))]
 pub fn select(choice: DeviceChoice) -> Result<SelectedDevice> {
     let gpu = || {
-        wgpu_device().map(|(device, info)| SelectedDevice {
-            device,
-            description: format!("{} ({}, {}, wgpu)", info.name, info.backend, info.device_type),
-            is_gpu: !info.device_type.eq_ignore_ascii_case("Cpu"),
-        })
+        wgpu_device().map(|(device, info)| SelectedDevice { device, description: info.describe(), is_gpu: info.is_hardware() })
     };
     match choice {
         DeviceChoice::Cpu => Ok(SelectedDevice::cpu()),

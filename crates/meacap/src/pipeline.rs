@@ -24,7 +24,8 @@ use crate::models::clip::{Clip, ClipConfig};
 use crate::models::gpt2::Gpt2Config;
 use crate::models::t5::{T5Config, T5};
 use crate::models::viecap::ClipCaptionModel;
-use crate::models::{ids_tensor, to_vec};
+use crate::device::block_on;
+use crate::models::{ids_tensor, read_f32};
 use crate::preprocess::{self, ClipImageConfig, FrontEnd};
 use crate::tokenize::{pad_batch, TextTokenizer};
 use crate::weights::{pickle::PickleCheckpoint, safetensors::SafetensorsFile, TensorSource, Weights};
@@ -92,16 +93,33 @@ pub struct CaptionerFiles<'a> {
     pub viecap_file: &'a str,
 }
 
-/// Per-stage wall-clock times in milliseconds, in pipeline order.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Per-stage wall-clock times in milliseconds, in pipeline order (a JSON object in that order).
+#[derive(Clone, Debug, Default)]
 pub struct Timings(pub Vec<(String, f64)>);
+
+impl Serialize for Timings {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (stage, ms) in &self.0 {
+            map.serialize_entry(stage, ms)?;
+        }
+        map.end()
+    }
+}
 
 impl Timings {
     fn record<T>(&mut self, stage: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        let start = Instant::now();
+        let started = self.start();
         let out = f()?;
-        self.0.push((stage.to_string(), start.elapsed().as_secs_f64() * 1e3));
+        self.stop(stage, started);
         Ok(out)
+    }
+    fn start(&self) -> Instant {
+        Instant::now()
+    }
+    fn stop(&mut self, stage: &str, started: Instant) {
+        self.0.push((stage.to_string(), started.elapsed().as_secs_f64() * 1e3));
     }
     pub fn total(&self) -> f64 {
         self.0.iter().map(|(_, ms)| ms).sum()
@@ -155,6 +173,11 @@ impl SentenceEncoder {
 
     /// L2-normalised embeddings, one row per text.
     pub fn encode(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        block_on(self.encode_async(texts))
+    }
+
+    /// [`Self::encode`] with an asynchronous read-back (WebGPU in the browser).
+    pub async fn encode_async(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -166,7 +189,7 @@ impl SentenceEncoder {
         let batch = pad_batch(rows, pad);
         let emb = self.bert.sentence_embeddings(&batch.ids, &batch.attention_mask)?;
         let d = emb.dims()[1];
-        Ok(to_vec(emb)?.chunks(d).map(<[f32]>::to_vec).collect())
+        Ok(read_f32(emb).await?.chunks(d).map(<[f32]>::to_vec).collect())
     }
 }
 
@@ -185,16 +208,75 @@ impl SceneGraphParser {
 
     /// Captions → formatted scene-graph strings, batched (the original's `parse`).
     pub fn parse(&self, captions: &[String], max_input: usize, max_output: usize) -> Result<Vec<String>> {
+        block_on(self.parse_async(captions, max_input, max_output))
+    }
+
+    /// [`Self::parse`] with asynchronous read-backs (WebGPU in the browser).
+    pub async fn parse_async(&self, captions: &[String], max_input: usize, max_output: usize) -> Result<Vec<String>> {
         if captions.is_empty() {
             return Ok(Vec::new());
         }
         let inputs: Vec<String> = captions.iter().map(|c| concepts::parser_input(c)).collect();
         let batch = self.tokenizer.encode_batch(&inputs, true, Some(max_input), self.t5.config.pad_token_id)?;
-        let generated = self.t5.generate_greedy(&batch.ids, &batch.attention_mask, max_output)?;
+        let generated = self.t5.generate_greedy_async(&batch.ids, &batch.attention_mask, max_output).await?;
         generated
             .iter()
             .map(|ids| Ok(concepts::format_scene_graph(&self.tokenizer.decode_clean(ids, true)?)))
             .collect()
+    }
+}
+
+/// CLIP and its image preprocessing settings.
+pub struct ImageEncoder {
+    pub clip: Clip,
+    pub image_config: ClipImageConfig,
+}
+
+impl ImageEncoder {
+    pub fn load(files: &dyn ModelFiles, device: &Device) -> Result<Self> {
+        let config = ClipConfig::from_json(&files.describe(), files.require("config.json")?.as_ref().as_ref())?;
+        let clip = Clip::load(&Weights::from_model_files(files, device)?, &config)?;
+        let image_config = match files.open("preprocessor_config.json")? {
+            Some(bytes) => ClipImageConfig::from_json(bytes.as_ref().as_ref()).map_err(|message| Error::Config {
+                model: files.describe(),
+                file: "preprocessor_config.json".into(),
+                message,
+            })?,
+            None => ClipImageConfig::default(),
+        };
+        Ok(Self { clip, image_config })
+    }
+}
+
+/// ViECap's mapping network and fine-tuned GPT-2, with the GPT-2 tokenizer and stop ids.
+pub struct CaptionDecoder {
+    pub viecap: ClipCaptionModel,
+    pub tokenizer: TextTokenizer,
+    /// Where the checkpoint came from, for messages.
+    pub location: String,
+    stop_ids: Vec<u32>,
+}
+
+impl CaptionDecoder {
+    /// `gpt2` holds the tokenizer and `config.json`; `viecap_file` in `viecap` the weights.
+    pub fn load(
+        gpt2: &dyn ModelFiles,
+        viecap: &dyn ModelFiles,
+        viecap_file: &str,
+        mapping_heads: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let gpt_config = Gpt2Config::from_json(&gpt2.describe(), gpt2.require("config.json")?.as_ref().as_ref())?;
+        let weights = Weights::new(vec![checkpoint_source(viecap, viecap_file)?], device);
+        let model = ClipCaptionModel::load(&weights, &gpt_config, mapping_heads)?;
+        let tokenizer = TextTokenizer::gpt2(gpt2)?;
+        // ViECap stops on the last id of "." and of " .".
+        let stop_ids = [".", " ."]
+            .iter()
+            .map(|s| tokenizer.encode(s, false, None).map(|ids| ids.last().copied()))
+            .collect::<Result<Option<Vec<u32>>>>()?
+            .ok_or_else(|| Error::Tokenizer { model: gpt2.describe(), message: "cannot encode \".\"".into() })?;
+        Ok(Self { viecap: model, tokenizer, location: viecap.location(viecap_file), stop_ids })
     }
 }
 
@@ -225,56 +307,52 @@ fn checkpoint_source(files: &dyn ModelFiles, name: &str) -> Result<Box<dyn Tenso
 impl Captioner {
     /// Loads every model once. `memory` is an already-opened memory bank.
     pub fn load(files: &CaptionerFiles<'_>, memory: MemoryBank, device: &Device, options: CaptionOptions) -> Result<Self> {
-        let clip_config = ClipConfig::from_json(&files.clip.describe(), files.clip.require("config.json")?.as_ref().as_ref())?;
-        let clip = Clip::load(&Weights::from_model_files(files.clip, device)?, &clip_config)?;
-        let image_config = match files.clip.open("preprocessor_config.json")? {
-            Some(bytes) => ClipImageConfig::from_json(bytes.as_ref().as_ref()).map_err(|message| Error::Config {
-                model: files.clip.describe(),
-                file: "preprocessor_config.json".into(),
-                message,
-            })?,
-            None => ClipImageConfig::default(),
-        };
-        if memory.dim() != clip_config.projection_dim {
+        let image = ImageEncoder::load(files.clip, device)?;
+        let decoder = CaptionDecoder::load(files.gpt2, files.viecap, files.viecap_file, options.mapping_heads, device)?;
+        let parser = SceneGraphParser::load(files.parser, device)?;
+        let sbert = SentenceEncoder::load(files.sbert, device)?;
+        Self::from_parts(image, decoder, parser, sbert, memory, device, options)
+    }
+
+    /// Assembles separately loaded models (the browser loads and frees one model's files at a
+    /// time), checking that they fit together.
+    pub fn from_parts(
+        image: ImageEncoder,
+        decoder: CaptionDecoder,
+        parser: SceneGraphParser,
+        sbert: SentenceEncoder,
+        memory: MemoryBank,
+        device: &Device,
+        options: CaptionOptions,
+    ) -> Result<Self> {
+        let projection_dim = image.clip.config.projection_dim;
+        if memory.dim() != projection_dim {
             return Err(Error::Memory {
                 memory: memory.name().to_string(),
                 message: format!(
-                    "embeddings have {} dimensions but the CLIP model projects to {}: the memory was built with another CLIP",
+                    "embeddings have {} dimensions but the CLIP model projects to {projection_dim}: the memory was built with another CLIP",
                     memory.dim(),
-                    clip_config.projection_dim
                 ),
             });
         }
-        let gpt_config = Gpt2Config::from_json(&files.gpt2.describe(), files.gpt2.require("config.json")?.as_ref().as_ref())?;
-        let viecap_weights = Weights::new(vec![checkpoint_source(files.viecap, files.viecap_file)?], device);
-        let viecap = ClipCaptionModel::load(&viecap_weights, &gpt_config, options.mapping_heads)?;
-        if viecap.mapping_network.config.clip_hidden_size != clip_config.projection_dim {
+        let mapping_input = decoder.viecap.mapping_network.config.clip_hidden_size;
+        if mapping_input != projection_dim {
             return Err(Error::StrictLoad {
-                file: files.viecap.location(files.viecap_file),
-                message: format!(
-                    "the mapping network takes {}-d CLIP features, the CLIP model gives {}",
-                    viecap.mapping_network.config.clip_hidden_size, clip_config.projection_dim
-                ),
+                file: decoder.location.clone(),
+                message: format!("the mapping network takes {mapping_input}-d CLIP features, the CLIP model gives {projection_dim}"),
             });
         }
-        let gpt2_tokenizer = TextTokenizer::gpt2(files.gpt2)?;
-        // ViECap stops on the last id of "." and of " .".
-        let stop_ids = [".", " ."]
-            .iter()
-            .map(|s| gpt2_tokenizer.encode(s, false, None).map(|ids| ids.last().copied()))
-            .collect::<Result<Option<Vec<u32>>>>()?
-            .ok_or_else(|| Error::Tokenizer { model: files.gpt2.describe(), message: "cannot encode \".\"".into() })?;
         Ok(Self {
-            parser: SceneGraphParser::load(files.parser, device)?,
-            sbert: SentenceEncoder::load(files.sbert, device)?,
             device: device.clone(),
             options,
-            clip,
-            image_config,
-            viecap,
-            gpt2_tokenizer,
+            clip: image.clip,
+            image_config: image.image_config,
+            viecap: decoder.viecap,
+            gpt2_tokenizer: decoder.tokenizer,
+            parser,
+            sbert,
             memory,
-            stop_ids,
+            stop_ids: decoder.stop_ids,
         })
     }
 
@@ -285,6 +363,11 @@ impl Captioner {
 
     /// Captions one encoded image (JPEG, PNG, WebP, GIF, BMP).
     pub fn caption(&self, image: &[u8], name: &str) -> Result<Caption> {
+        block_on(self.caption_async(image, name))
+    }
+
+    /// [`Self::caption`] with asynchronous read-backs (WebGPU in the browser).
+    pub async fn caption_async(&self, image: &[u8], name: &str) -> Result<Caption> {
         let mut t = Timings::default();
         let decoded = t.record("decode_image", || preprocess::decode(image, name))?;
         let (hf, openai) = t.record("preprocess", || {
@@ -293,27 +376,34 @@ impl Captioner {
                 preprocess::preprocess(&decoded, FrontEnd::OpenAi, &self.image_config)?,
             ))
         })?;
-        // One CLIP pass when both front-ends agree, else one batch of two.
-        let (retrieval_features, mapping_features) = t.record("clip_image", || {
-            if hf == openai {
-                let f = self.clip.image_features(self.pixels(hf.clone()))?;
-                Ok((f.clone(), f))
-            } else {
-                let s = self.image_config.crop_size;
-                let both: Vec<f32> = hf.iter().chain(openai.iter()).copied().collect();
-                let pixels = Tensor::<1>::from_floats(both.as_slice(), &self.device).reshape([2, 3, s, s]);
-                let f = self.clip.image_features(pixels)?;
-                Ok((f.clone().narrow(0, 0, 1), f.narrow(0, 1, 1)))
-            }
-        })?;
-        let query = to_vec(retrieval_features)?;
-        let memory = t.record("retrieval", || self.memory.top_k(&query, self.options.memory_caption_num, &self.device))?;
+        // One CLIP pass when both front-ends agree, else one batch of two. The stage ends when
+        // the retrieval feature is back on the host (GPU work is queued lazily until then).
+        let started = t.start();
+        let (retrieval_features, mapping_features) = if hf == openai {
+            let f = self.clip.image_features(self.pixels(hf.clone()))?;
+            (f.clone(), f)
+        } else {
+            let s = self.image_config.crop_size;
+            let both: Vec<f32> = hf.iter().chain(openai.iter()).copied().collect();
+            let pixels = Tensor::<1>::from_floats(both.as_slice(), &self.device).reshape([2, 3, s, s]);
+            let f = self.clip.image_features(pixels)?;
+            (f.clone().narrow(0, 0, 1), f.narrow(0, 1, 1))
+        };
+        let query = read_f32(retrieval_features).await?;
+        t.stop("clip_image", started);
+        let started = t.start();
+        let memory = self.memory.top_k_async(&query, self.options.memory_caption_num, &self.device).await?;
+        t.stop("retrieval", started);
         let captions: Vec<String> = memory.iter().map(|h| h.caption.clone()).collect();
-        let scene_graphs = t.record("parse", || {
-            self.parser.parse(&captions, self.options.parser_max_input, self.options.parser_max_output)
-        })?;
-        let concept_details =
-            t.record("concepts", || concepts::retrieve_concepts(&scene_graphs, &captions, |texts| self.sbert.encode(texts)))?;
+        let started = t.start();
+        let scene_graphs =
+            self.parser.parse_async(&captions, self.options.parser_max_input, self.options.parser_max_output).await?;
+        t.stop("parse", started);
+        let started = t.start();
+        let counts = concepts::count_entities(&scene_graphs);
+        let embeddings = self.sbert.encode_async(&counts.entities()).await?;
+        let concept_details = concepts::rank_with_embeddings(counts, &embeddings, &captions)?;
+        t.stop("concepts", started);
         let concepts = concept_details.concepts.clone();
         let soft = t.record("mapping", || {
             let norm = mapping_features.clone().powi_scalar(2).sum_dim(1).sqrt();
@@ -321,13 +411,20 @@ impl Captioner {
         })?;
         let prompt = concepts::compose_prompt(&concepts);
         let prompt_ids = self.gpt2_tokenizer.encode(&prompt, false, None)?;
-        let beams = t.record("generate", || self.generate(&prompt_ids, soft))?;
+        let started = t.start();
+        let beams = self.generate_async(&prompt_ids, soft).await?;
+        t.stop("generate", started);
         let caption = beams.first().map(|b| b.text.clone()).unwrap_or_default();
         Ok(Caption { caption, concepts, memory, scene_graphs, prompt, prompt_ids, beams, concept_details, timings_ms: t })
     }
 
     /// Decodes from the hard prompt ids and the soft prompt `[1, k, d]` in the configured order.
     pub fn generate(&self, prompt_ids: &[u32], soft: Tensor<3>) -> Result<Vec<Beam>> {
+        block_on(self.generate_async(prompt_ids, soft))
+    }
+
+    /// [`Self::generate`] with asynchronous read-backs (WebGPU in the browser).
+    pub async fn generate_async(&self, prompt_ids: &[u32], soft: Tensor<3>) -> Result<Vec<Beam>> {
         let gpt = &self.viecap.gpt;
         let hard = gpt.embed_tokens(ids_tensor(&[prompt_ids.to_vec()], &self.device));
         let prefix = match self.options.prompt_order {
@@ -344,9 +441,9 @@ impl Captioner {
         let hypotheses: Vec<Hypothesis> = match self.options.search {
             Search::Beam { width } => {
                 cfg.beam_width = width;
-                decode::beam_search(gpt, prefix, &cfg)?
+                decode::beam_search_async(gpt, prefix, &cfg).await?
             }
-            Search::Greedy => vec![decode::greedy_search(gpt, prefix, &cfg)?],
+            Search::Greedy => vec![decode::greedy_search_async(gpt, prefix, &cfg).await?],
         };
         hypotheses
             .into_iter()

@@ -214,16 +214,31 @@ impl Activation {
     }
 }
 
-/// Reads a whole tensor back to the host as f32.
-pub fn to_vec<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
-    x.into_data()
+/// Reads a whole tensor back to the host as f32. Asynchronous because WebGPU maps buffers
+/// asynchronously; natively and on the CPU backend it completes at once.
+pub async fn read_f32<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
+    x.into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))?
         .try_into_vec_as::<f32>()
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
 }
 
-/// Reads an Int tensor back to the host.
-pub fn to_vec_int<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
-    x.into_data()
+/// Reads an Int tensor back to the host (see [`read_f32`]).
+pub async fn read_i64<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
+    x.into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))?
         .try_into_vec_as::<i64>()
         .map_err(|e| Error::Device(format!("reading a tensor back: {e:?}")))
+}
+
+/// [`read_f32`], blocking (see [`crate::device::block_on`]).
+pub fn to_vec<const D: usize>(x: Tensor<D>) -> Result<Vec<f32>> {
+    crate::device::block_on(read_f32(x))
+}
+
+/// [`read_i64`], blocking.
+pub fn to_vec_int<const D: usize>(x: Tensor<D, Int>) -> Result<Vec<i64>> {
+    crate::device::block_on(read_i64(x))
 }

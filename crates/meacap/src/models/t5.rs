@@ -381,6 +381,16 @@ impl T5 {
     /// token included). Returns the generated ids per row, start token excluded, up to and
     /// including EOS when produced.
     pub fn generate_greedy(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u32>], max_length: usize) -> Result<Vec<Vec<u32>>> {
+        crate::device::block_on(self.generate_greedy_async(ids, attention_mask, max_length))
+    }
+
+    /// [`Self::generate_greedy`] with asynchronous read-backs (WebGPU in the browser).
+    pub async fn generate_greedy_async(
+        &self,
+        ids: &[Vec<u32>],
+        attention_mask: &[Vec<u32>],
+        max_length: usize,
+    ) -> Result<Vec<Vec<u32>>> {
         let enc = self.encode(ids, attention_mask)?;
         let device = self.shared.device();
         let b = ids.len();
@@ -394,7 +404,7 @@ impl T5 {
             let step_ids = Tensor::<1, Int>::from_ints(next.iter().map(|&x| x as i64).collect::<Vec<_>>().as_slice(), &device)
                 .reshape([b, 1]);
             let logits = self.decode_step(step_ids, &enc, &mut cache);
-            let argmax = super::to_vec_int(logits.reshape([b, self.config.vocab_size]).argmax(1))?;
+            let argmax = super::read_i64(logits.reshape([b, self.config.vocab_size]).argmax(1)).await?;
             for row in 0..b {
                 next[row] = if finished[row] { pad } else { argmax[row] as u32 };
                 if !finished[row] {

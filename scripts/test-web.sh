@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The browser tests (issue 5): builds the page with Trunk, runs the wasm-bindgen tests in headless
+# Chromium (WebGPU through SwiftShader, and the CPU backend), then the end-to-end test of the
+# built page (download, verify, store, caption, offline relaunch, corrupt store).
+# Needs the native CLI built (scripts/test.sh builds it first); installs its tools once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MEACAP_CACHE="${MEACAP_CACHE:-$HOME/.cache/meacap-wgpu}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MEACAP_CACHE/target}"
+eval "$(scripts/web-tools.sh)"
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+status=0
+
+echo "== building the page (trunk build --release)"
+trunk build --release --offline 2>&1 | grep -vE "^\s*$" | tail -n 5
+
+echo "== wasm-bindgen tests in headless Chromium"
+export CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}"
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
+export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-1500}"
+(cd crates/meacap-web && cargo test --release --target wasm32-unknown-unknown --test browser) || status=1
+
+echo "== end-to-end test of dist/ (playwright-core + Debian chromium)"
+cli="$CARGO_TARGET_DIR/release/meacap-wgpu"
+[ -x "$cli" ] || cargo build --release -p meacap-cli
+node web/tests/e2e.mjs --dist dist --cli "$cli" --fixtures tests/fixtures --out "$MEACAP_CACHE/e2e" || status=1
+exit $status
