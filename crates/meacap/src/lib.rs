@@ -9,6 +9,7 @@ pub mod concepts;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod jpeg;
 pub mod memory;
 pub mod models;
 pub mod preprocess;

@@ -8,10 +8,11 @@
 //!
 //! Both then divide by 255 and normalise in f32. Pillow's resampler (fixed point, 22 fractional
 //! bits, antialiased support) and its mode conversions are replicated exactly, so for losslessly
-//! stored images the uint8 crop is identical to the reference; only JPEG/lossy-WebP decoder
-//! differences remain. Decoding keeps Pillow's view of the *source mode* (palette, CMYK with Adobe
-//! polarity, 16-bit grey, transparency chunks that Pillow does not turn into alpha), because the
-//! OpenAI path resizes in that mode. EXIF orientation is not applied (Pillow's default).
+//! stored images and for JPEG (decoded by [`crate::jpeg`] as libjpeg-turbo does) the uint8 crop
+//! is identical to the reference; only lossy-WebP decoder differences remain. Decoding keeps
+//! Pillow's view of the *source mode* (palette, CMYK with Adobe polarity, 16-bit grey,
+//! transparency chunks that Pillow does not turn into alpha), because the OpenAI path resizes in
+//! that mode. EXIF orientation is not applied (Pillow's default).
 
 use std::io::Cursor;
 
@@ -375,36 +376,19 @@ fn from_dynamic(img: image::DynamicImage, name: &str, kind: SourceKind) -> Resul
 }
 
 fn decode_jpeg(bytes: &[u8], name: &str, max_pixels: u64) -> Result<DecodedImage> {
-    use zune_core::colorspace::ColorSpace;
-    // Strict: a truncated or corrupt scan is an error, as in Pillow (which refuses truncated
-    // files unless LOAD_TRUNCATED_IMAGES is set), never a silently grey-filled image.
-    let opts = zune_core::options::DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(65_535)
-        .set_max_height(65_535);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), opts);
-    dec.decode_headers().map_err(|e| img_err(name, format!("JPEG: {e:?}")))?;
-    let (w, h) = dec.dimensions().ok_or_else(|| img_err(name, "JPEG: no frame header"))?;
-    check_size(name, w as u64, h as u64, max_pixels)?;
-    let input = dec.input_colorspace().ok_or_else(|| img_err(name, "JPEG: no colour space"))?;
-    // libjpeg (Pillow) hands CMYK through untouched; YCCK it turns into CMYK, which zune cannot
-    // output, so YCCK falls back to zune's RGB (approximate).
-    let (out, mode) = match input {
-        ColorSpace::Luma => (ColorSpace::Luma, PilMode::L),
-        ColorSpace::CMYK => (ColorSpace::CMYK, PilMode::Cmyk),
-        _ => (ColorSpace::RGB, PilMode::Rgb),
+    // libjpeg-turbo-exact (crate::jpeg): the same samples as Pillow, and, as in Pillow, a
+    // truncated or corrupt scan is an error rather than a silently grey-filled image.
+    let jpeg_err = |e: crate::jpeg::JpegError| img_err(name, format!("JPEG: {e}"));
+    let dec = crate::jpeg::Decoder::new(bytes).map_err(jpeg_err)?;
+    check_size(name, dec.width() as u64, dec.height() as u64, max_pixels)?;
+    let img = dec.decode().map_err(jpeg_err)?;
+    let mode = match img.format {
+        crate::jpeg::PixelFormat::Gray => PilMode::L,
+        crate::jpeg::PixelFormat::Rgb => PilMode::Rgb,
+        // Already in Pillow's polarity (Adobe "CMYK;I" undone; YCCK converted first).
+        crate::jpeg::PixelFormat::Cmyk => PilMode::Cmyk,
     };
-    dec.set_options(dec.options().jpeg_set_out_colorspace(out));
-    let mut data = dec.decode().map_err(|e| img_err(name, format!("JPEG: {e:?}")))?;
-    if mode == PilMode::Cmyk {
-        // Pillow always assumes Adobe polarity ("CMYK;I"): stored samples are inverted.
-        data.iter_mut().for_each(|v| *v = 255 - *v);
-    }
-    let need = w * h * mode.bands();
-    if data.len() != need {
-        return Err(img_err(name, format!("JPEG: decoded {} samples, expected {need}", data.len())));
-    }
-    Ok(DecodedImage { name: name.to_string(), width: w as u32, height: h as u32, mode, pixels: Pixels::U8(data) })
+    DecodedImage::from_u8(name, img.width, img.height, mode, img.data)
 }
 
 fn decode_gif(bytes: &[u8], name: &str, max_pixels: u64) -> Result<DecodedImage> {
