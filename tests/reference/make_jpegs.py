@@ -17,11 +17,18 @@ L, RGB as RGB, CMYK as the four bands stored in an RGBA PNG), Pillow's decode of
 other JPEG fixtures as `ext__<dir>__<file>.png`, and index.json.
 
 Run: ~/.cache/meacap-wgpu/pyref/bin/python tests/reference/make_jpegs.py
+
+`--mutants DIR [PER_FILE] [SEED]` instead writes mutated copies of the small fixtures to DIR
+(`NNNNNN.jpg`, and `NNNNNN.raw` with Pillow's samples where Pillow decodes it) for the
+differential test: MEACAP_JPEG_MUTANTS=DIR cargo test --release -p meacap --test jpeg -- --ignored
 """
 import io
 import json
 import os
+import random
 import struct
+import sys
+import warnings
 
 import numpy as np
 import PIL
@@ -475,5 +482,54 @@ def main():
     print(f"{len(index['files'])} files, {total / 1e6:.2f} MB in {OUT}")
 
 
+def mutants(out_dir, per_file=100, seed=1):
+    """Bit flips, changed, inserted (marker-like) and deleted bytes, truncations."""
+    rng = random.Random(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    warnings.simplefilter("ignore")
+    n = decoded = 0
+    for name in sorted(f for f in os.listdir(OUT) if f.endswith(".jpg")):
+        src = open(os.path.join(OUT, name), "rb").read()
+        if len(src) > 20000:
+            continue
+        for _ in range(per_file):
+            m = bytearray(src)
+            for _ in range(rng.randint(1, 3)):
+                i = rng.randrange(len(m))
+                op = rng.randrange(6)
+                if op == 0:
+                    m[i] ^= 1 << rng.randrange(8)
+                elif op == 1:
+                    m[i] = rng.randrange(256)
+                elif op == 2:
+                    m[i] = (m[i] + 1) & 255
+                elif op == 3:
+                    del m[max(i, 3):]
+                    break
+                elif op == 4:
+                    del m[i]
+                else:
+                    m.insert(i, rng.choice([0xFF, 0x00, 0xD9, 0xD0, 0xDA, 0xC4]))
+                if len(m) < 4:
+                    break
+            path = os.path.join(out_dir, f"{n:06}")
+            with open(path + ".jpg", "wb") as f:
+                f.write(m)
+            try:
+                img = Image.open(io.BytesIO(bytes(m)))
+                img.load()
+                if img.mode in ("L", "RGB", "CMYK"):
+                    with open(path + ".raw", "wb") as f:
+                        f.write(img.tobytes())
+                    decoded += 1
+            except Exception:
+                pass
+            n += 1
+    print(f"{n} mutants, {decoded} decoded by Pillow, in {out_dir}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[1] == "--mutants":
+        mutants(sys.argv[2], *(int(a) for a in sys.argv[3:5]))
+    else:
+        main()

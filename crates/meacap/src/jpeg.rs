@@ -227,11 +227,15 @@ struct BitReader<'a> {
     buf: u64,
     nbits: u32,
     stopped: bool,
+    /// Stopped at 0xFF 0xFF .. 0x00: a stuffed 0xFF after fill bytes. libjpeg-turbo's slow
+    /// path reads it as 0xFF, its fast path as a marker (and then keeps part of what it decoded
+    /// with zeros), so Pillow's result depends on its read-ahead: refused if it is needed.
+    stopped_at_fill: bool,
 }
 
 impl<'a> BitReader<'a> {
     fn new(data: &'a [u8], pos: usize) -> Self {
-        BitReader { data, pos, buf: 0, nbits: 0, stopped: false }
+        BitReader { data, pos, buf: 0, nbits: 0, stopped: false, stopped_at_fill: false }
     }
 
     fn fill(&mut self) {
@@ -241,15 +245,20 @@ impl<'a> BitReader<'a> {
                 break;
             };
             let value = if byte == 0xFF {
-                // 0xFF (0xFF)* 0x00 is one data byte 0xFF; 0xFF (0xFF)* XX is marker XX.
+                // 0xFF 0x00 is a data byte 0xFF; 0xFF (0xFF)* XX is marker XX.
                 let mut p = self.pos + 1;
                 while self.data.get(p) == Some(&0xFF) {
                     p += 1;
                 }
                 match self.data.get(p) {
-                    Some(0) => {
+                    Some(0) if p == self.pos + 1 => {
                         self.pos = p + 1;
                         0xFF
+                    }
+                    Some(0) => {
+                        self.stopped = true;
+                        self.stopped_at_fill = true;
+                        break;
                     }
                     Some(_) => {
                         self.pos = p - 1;
@@ -272,6 +281,12 @@ impl<'a> BitReader<'a> {
     }
 
     fn out_of_data(&self) -> JpegError {
+        if self.stopped_at_fill {
+            return JpegError::new(format!(
+                "corrupt JPEG data: 0xFF fill bytes inside entropy-coded data at byte {}",
+                self.pos
+            ));
+        }
         match self.data.get(self.pos + 1) {
             Some(&m) if self.pos < self.data.len() => JpegError::new(format!(
                 "corrupt JPEG data: entropy-coded data ends early (marker 0x{m:02X} at byte {})",
@@ -397,7 +412,11 @@ fn segment<'a>(data: &'a [u8], pos: &mut usize, name: &str) -> Result<&'a [u8]> 
         Some(b) => u16::from_be_bytes([b[0], b[1]]) as usize,
         None => return Err(JpegError::truncated(format!("truncated JPEG: {name} marker"))),
     };
-    // libjpeg treats a length below 2 as an empty payload.
+    // A length below 2 (which counts itself) is an error for the tables, as in libjpeg; the
+    // segments libjpeg skips it treats as empty.
+    if len < 2 && matches!(name, "DQT" | "DHT" | "DAC") {
+        return fail(format!("corrupt JPEG data: bad {name} length"));
+    }
     let end = *pos + len.max(2);
     let payload =
         data.get(*pos + 2..end).ok_or_else(|| JpegError::truncated(format!("truncated JPEG: {name} segment")))?;

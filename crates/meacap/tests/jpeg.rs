@@ -172,6 +172,24 @@ fn bad_markers() {
 }
 
 #[test]
+fn malformed_segments_and_stuffing() {
+    let good = read("pil_420_33x65.jpg");
+    // A table segment whose length field does not even count itself.
+    let dht = find(&good, 0xC4);
+    let mut data = good.clone();
+    data[dht + 2..dht + 4].copy_from_slice(&[0, 1]);
+    let e = jpeg_error(&data, "DHT length 1");
+    assert!(e.to_string().contains("bad DHT length"), "{e}");
+    // 0xFF 0xFF 0x00 inside entropy data: libjpeg-turbo reads it one way or the other depending
+    // on its read-ahead, so it is refused.
+    let mut data = good.clone();
+    let at = scan_data(&data) + 10;
+    data.splice(at..at, [0xFF, 0xFF, 0x00]);
+    let e = jpeg_error(&data, "0xFF 0xFF 0x00 in a scan");
+    assert!(e.to_string().contains("fill bytes"), "{e}");
+}
+
+#[test]
 fn missing_huffman_table() {
     // The scan asks for table 3, which no DHT defines.
     let mut data = read("pil_420_33x65.jpg");
@@ -353,4 +371,42 @@ fn mutated_files_never_panic() {
     }
     println!("{ok} decoded, {err} refused, slowest {slowest:?}");
     assert!(slowest < Duration::from_secs(2), "a mutated file took {slowest:?}");
+}
+
+/// Against Pillow on mutated files (`tests/reference/make_jpegs.py --mutants DIR`, then
+/// `MEACAP_JPEG_MUTANTS=DIR cargo test --release -p meacap --test jpeg -- --ignored`): wherever
+/// both decode, the samples must be identical. Files only one side decodes are counted.
+#[test]
+#[ignore = "needs MEACAP_JPEG_MUTANTS from make_jpegs.py --mutants"]
+fn differential_against_pillow() {
+    let dir = PathBuf::from(std::env::var("MEACAP_JPEG_MUTANTS").expect("MEACAP_JPEG_MUTANTS"));
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("mutants dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    names.sort();
+    let (mut same, mut both_refuse, mut only_pillow, mut only_ours) = (0, 0, 0, 0);
+    let mut refusals = std::collections::BTreeMap::<String, usize>::new();
+    let mut differ = Vec::new();
+    for p in &names {
+        let data = std::fs::read(p).expect("mutant");
+        let pillow = std::fs::read(p.with_extension("raw")).ok();
+        match (jpeg::decode(&data, 1 << 26), pillow) {
+            (Ok(img), Some(want)) if img.data == want => same += 1,
+            (Ok(_), Some(_)) => differ.push(p.display().to_string()),
+            (Ok(_), None) => only_ours += 1,
+            (Err(e), Some(_)) => {
+                only_pillow += 1;
+                let kind: String = e.to_string().chars().take_while(|c| *c != '(').take(48).collect();
+                *refusals.entry(kind).or_default() += 1;
+            }
+            (Err(_), None) => both_refuse += 1,
+        }
+    }
+    println!("{} mutants: {same} identical, {both_refuse} refused by both, {only_pillow} decoded only by Pillow, {only_ours} only by this decoder, {} differing", names.len(), differ.len());
+    for (kind, n) in refusals {
+        println!("  refused here, decoded by Pillow: {n:5} {kind}");
+    }
+    assert!(differ.is_empty(), "decoded differently from Pillow: {differ:#?}");
 }
