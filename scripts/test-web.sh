@@ -11,8 +11,12 @@ eval "$(scripts/web-tools.sh)"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 status=0
 
-echo "== building the page (trunk build --release)"
-trunk build --release --offline 2>&1 | grep -vE "^\s*$" | tail -n 5
+echo "== building the page into dist/"
+if command -v trunk >/dev/null; then
+  trunk build --release --offline 2>&1 | grep -vE "^\s*$" | tail -n 5
+else
+  scripts/build-web.sh dist
+fi
 
 echo "== wasm-bindgen tests in headless Chromium"
 export CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}"
@@ -23,5 +27,6 @@ export WASM_BINDGEN_TEST_TIMEOUT="${WASM_BINDGEN_TEST_TIMEOUT:-1500}"
 echo "== end-to-end test of dist/ (playwright-core + Debian chromium)"
 cli="$CARGO_TARGET_DIR/release/meacap-wgpu"
 [ -x "$cli" ] || cargo build --release -p meacap-cli
-node web/tests/e2e.mjs --dist dist --cli "$cli" --fixtures tests/fixtures --out "$MEACAP_CACHE/e2e" || status=1
+node web/tests/e2e.mjs --dist dist --cli "$cli" --fixtures tests/fixtures --out "$MEACAP_CACHE/e2e" \
+  --backend "${MEACAP_E2E_BACKEND:-webgpu}" || status=1
 exit $status

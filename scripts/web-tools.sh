@@ -3,7 +3,8 @@
 # clone, so CI and later runs reuse them), and prints the PATH line to use them:
 #   - the wasm32 Rust target;
 #   - wasm-bindgen-cli at exactly the wasm-bindgen version in Cargo.lock (also the test runner);
-#   - Trunk 0.21.14 (0.22 needs a newer rustc), without TLS or update checks: it never downloads;
+#   - Trunk 0.21.14 when MEACAP_WITH_TRUNK=1 (0.22 needs a newer rustc), without TLS or update
+#     checks: it never downloads;
 #   - Debian chromium + chromium-driver (headless WebGPU through SwiftShader);
 #   - playwright-core (drives Chromium for the end-to-end test; it downloads no browser).
 # Usage: eval "$(scripts/web-tools.sh)"
@@ -27,7 +28,9 @@ if [ "$("$tools/bin/wasm-bindgen" --version 2>/dev/null | awk '{print $2}')" != 
   cargo install -q wasm-bindgen-cli --version "$bindgen_version" --root "$tools" >&2
 fi
 
-if [ "$("$tools/bin/trunk" --version 2>/dev/null | awk '{print $2}')" != "0.21.14" ]; then
+# Trunk is for people building the page by hand; the tests use scripts/build-web.sh (the same
+# output) unless MEACAP_WITH_TRUNK=1.
+if [ "${MEACAP_WITH_TRUNK:-0}" = 1 ] && [ "$("$tools/bin/trunk" --version 2>/dev/null | awk '{print $2}')" != "0.21.14" ]; then
   log "installing trunk 0.21.14 (once; ~10 minutes)"
   cargo install -q trunk --version 0.21.14 --locked --no-default-features --root "$tools" >&2
 fi

@@ -28,6 +28,8 @@ const cli = resolve(arg('cli', 'target/release/meacap-wgpu'));
 const fixtures = resolve(arg('fixtures', 'tests/fixtures'));
 const out = resolve(arg('out', mkdtempSync(join(tmpdir(), 'meacap-e2e-out-'))));
 const timeout = Number(arg('timeout-s', '900')) * 1000;
+// webgpu (default) or cpu: the backend the page is asked for (?backend=...).
+const backend = arg('backend', 'webgpu');
 mkdirSync(out, { recursive: true });
 
 // ---- the model folder -------------------------------------------------------------------------
@@ -73,7 +75,7 @@ const server = createServer((req, res) => {
   res.end('not found');
 });
 await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
-const url = `http://127.0.0.1:${server.address().port}/`;
+const url = `http://127.0.0.1:${server.address().port}/?backend=${backend}`;
 
 // ---- the browser ------------------------------------------------------------------------------
 const profile = mkdtempSync(join(tmpdir(), 'meacap-e2e-profile-'));
@@ -120,8 +122,8 @@ let context = await launch();
 let page;
 await step('first_visit_downloads_verifies_and_captions_like_the_cli', async () => {
   page = await open(context);
-  const backend = await page.getAttribute('body', 'data-backend');
-  if (backend !== 'webgpu') throw new Error(`expected the WebGPU backend, page says ${backend}: ${await page.textContent('#notice')}`);
+  const used = await page.getAttribute('body', 'data-backend');
+  if (used !== backend) throw new Error(`expected the ${backend} backend, page says ${used}: ${await page.textContent('#notice')}`);
   await page.waitForSelector('#load:not([disabled])', { timeout: 60000 });
   const summary = await page.textContent('#models-summary');
   if (!/to download/.test(summary)) throw new Error(`sizes not shown before download: ${summary}`);
@@ -131,7 +133,7 @@ await step('first_visit_downloads_verifies_and_captions_like_the_cli', async () 
   if (error) throw new Error(`loading failed: ${error}`);
   const caption = await captionOnPage(page);
   await page.screenshot({ path: join(out, 'first-visit.png'), fullPage: true });
-  if (caption !== native.caption) throw new Error(`page caption ${JSON.stringify(caption)} != CLI caption ${JSON.stringify(native.caption)}`);
+  if (caption !== native.caption.trim()) throw new Error(`page caption ${JSON.stringify(caption)} != CLI caption ${JSON.stringify(native.caption)}`);
   const concepts = await page.$$eval('#concepts li', (li) => li.map((x) => x.textContent));
   if (JSON.stringify(concepts) !== JSON.stringify(native.concepts)) throw new Error(`concepts ${concepts} != ${native.concepts}`);
   await page.waitForSelector('body[data-offline-ready="true"]', { timeout: 60000 });
@@ -147,7 +149,7 @@ await step('second_visit_without_network_captions_from_the_store', async () => {
   if (error) throw new Error(`offline load failed: ${error}`);
   const caption = await captionOnPage(page);
   await page.screenshot({ path: join(out, 'offline-visit.png'), fullPage: true });
-  if (caption !== native.caption) throw new Error(`offline caption ${JSON.stringify(caption)} != ${JSON.stringify(native.caption)}`);
+  if (caption !== native.caption.trim()) throw new Error(`offline caption ${JSON.stringify(caption)} != ${JSON.stringify(native.caption)}`);
   const served = requests.filter((r) => r.startsWith('all-404'));
   if (!served.length) throw new Error('the offline visit made no requests at all: the 404 server was not exercised');
 });

@@ -26,6 +26,11 @@ thread_local! {
     static WEBGPU: RefCell<Option<Result<(Device, AdapterInfo), String>>> = const { RefCell::new(None) };
 }
 
+/// The page's WebGPU device (opened on first use), for Rust callers such as tests.
+pub async fn webgpu_device() -> Result<Device, String> {
+    webgpu().await.map(|(device, _)| device)
+}
+
 async fn webgpu() -> Result<(Device, AdapterInfo), String> {
     if let Some(done) = WEBGPU.with(|w| w.borrow().clone()) {
         return done;

@@ -240,12 +240,14 @@ impl Stack {
             .collect();
         let idx = Tensor::<1, Int>::from_ints(buckets.as_slice(), &device);
         let heads = self.relative_attention_bias.dims()[1];
+        // Gathered from the `[heads, buckets]` view so the result is laid out as used, with no
+        // permuted view: Chromium's WebGPU (SwiftShader) mis-added a permuted, batch-broadcast
+        // bias of one query row to the attention scores, which broke cached decoding there.
         self.relative_attention_bias
             .clone()
-            .select(0, idx)
-            .reshape([q_len, k_len, heads])
-            .permute([2, 0, 1])
-            .unsqueeze::<4>()
+            .swap_dims(0, 1)
+            .select(1, idx)
+            .reshape([1, heads, q_len, k_len])
     }
 }
 
@@ -404,7 +406,11 @@ impl T5 {
             let step_ids = Tensor::<1, Int>::from_ints(next.iter().map(|&x| x as i64).collect::<Vec<_>>().as_slice(), &device)
                 .reshape([b, 1]);
             let logits = self.decode_step(step_ids, &enc, &mut cache);
-            let argmax = super::read_i64(logits.reshape([b, self.config.vocab_size]).argmax(1)).await?;
+            // Argmax on the host: the device argmax returned garbage ids on Chromium's WebGPU
+            // (SwiftShader), and the logits of 5 rows are a small read-back.
+            let vocab = self.config.vocab_size;
+            let values = super::read_f32(logits.reshape([b, vocab])).await?;
+            let argmax: Vec<usize> = values.chunks(vocab).map(first_argmax).collect();
             for row in 0..b {
                 next[row] = if finished[row] { pad } else { argmax[row] as u32 };
                 if !finished[row] {
@@ -420,3 +426,15 @@ impl T5 {
     }
 }
 
+
+/// Index of the first maximum, as `torch.argmax` picks among equal values (NaN counts as largest).
+fn first_argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        let b = row[best];
+        if v > b || (v.is_nan() && !b.is_nan()) {
+            best = i;
+        }
+    }
+    best
+}
