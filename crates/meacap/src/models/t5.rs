@@ -184,9 +184,14 @@ struct Block {
 struct Stack {
     blocks: Vec<Block>,
     final_layer_norm: RmsNorm,
-    /// Layer 0's relative attention bias table `[num_buckets, heads]`, shared by all layers.
-    relative_attention_bias: Tensor<2>,
+    /// Layer 0's relative attention bias table `[num_buckets, heads]`, shared by all layers,
+    /// kept on the host: the bias of each call is gathered there and uploaded laid out as used
+    /// (gathering on the device through a transposed or permuted view gave wrong biases on
+    /// Chromium's WebGPU/SwiftShader, and the table is tiny).
+    relative_attention_bias: Vec<f32>,
+    heads: usize,
     bidirectional: bool,
+    device: Device,
 }
 
 impl Stack {
@@ -217,37 +222,33 @@ impl Stack {
             final_layer_norm: RmsNorm::load(&w.pp("final_layer_norm"), c.d_model, eps)?,
             relative_attention_bias: w
                 .pp("block.0.layer.0.SelfAttention.relative_attention_bias")
-                .get::<2>("weight", [c.relative_attention_num_buckets, c.num_heads])?,
+                .get_f32("weight", &[c.relative_attention_num_buckets, c.num_heads])?
+                .0,
+            heads: c.num_heads,
             bidirectional: !decoder,
+            device: w.device().clone(),
         })
     }
 
     /// Position bias `[1, heads, q_len, k_len]` for queries at absolute positions
     /// `q_start..q_start+q_len` against keys `0..k_len`.
     fn position_bias(&self, q_start: usize, q_len: usize, k_len: usize, c: &T5Config) -> Tensor<4> {
-        let device = self.relative_attention_bias.device();
-        let buckets: Vec<i64> = (0..q_len)
-            .flat_map(|i| {
-                (0..k_len).map(move |j| {
-                    relative_position_bucket(
-                        j as i64 - (q_start + i) as i64,
-                        self.bidirectional,
-                        c.relative_attention_num_buckets,
-                        c.relative_attention_max_distance,
-                    ) as i64
-                })
-            })
-            .collect();
-        let idx = Tensor::<1, Int>::from_ints(buckets.as_slice(), &device);
-        let heads = self.relative_attention_bias.dims()[1];
-        // Gathered from the `[heads, buckets]` view so the result is laid out as used, with no
-        // permuted view: Chromium's WebGPU (SwiftShader) mis-added a permuted, batch-broadcast
-        // bias of one query row to the attention scores, which broke cached decoding there.
-        self.relative_attention_bias
-            .clone()
-            .swap_dims(0, 1)
-            .select(1, idx)
-            .reshape([1, heads, q_len, k_len])
+        let heads = self.heads;
+        let mut bias = vec![0f32; heads * q_len * k_len];
+        for i in 0..q_len {
+            for j in 0..k_len {
+                let bucket = relative_position_bucket(
+                    j as i64 - (q_start + i) as i64,
+                    self.bidirectional,
+                    c.relative_attention_num_buckets,
+                    c.relative_attention_max_distance,
+                );
+                for h in 0..heads {
+                    bias[(h * q_len + i) * k_len + j] = self.relative_attention_bias[bucket * heads + h];
+                }
+            }
+        }
+        Tensor::<1>::from_floats(bias.as_slice(), &self.device).reshape([1, heads, q_len, k_len])
     }
 }
 
