@@ -11,12 +11,8 @@ eval "$(scripts/web-tools.sh)"
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
 status=0
 
-echo "== building the page into dist/"
-if command -v trunk >/dev/null; then
-  trunk build --release --offline 2>&1 | grep -vE "^\s*$" | tail -n 5
-else
-  scripts/build-web.sh dist
-fi
+echo "== building the page into dist/ (scripts/build-web.sh)"
+scripts/build-web.sh dist
 
 echo "== wasm-bindgen tests in headless Chromium"
 export CHROMEDRIVER="${CHROMEDRIVER:-$(command -v chromedriver)}"
