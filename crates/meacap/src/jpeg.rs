@@ -513,14 +513,14 @@ impl<'a> Decoder<'a> {
             let marker = next_marker(data, &mut pos)?;
             match marker {
                 0xD8 => return fail("corrupt JPEG data: second SOI marker"),
-                0xC0 | 0xC1 | 0xC2 => {
+                0xC0..=0xC2 => {
                     if frame.is_some() {
                         return fail("corrupt JPEG data: more than one SOF marker");
                     }
                     frame = Some(read_sof(segment(data, &mut pos, "SOF")?, marker == 0xC2)?);
                 }
                 0xC3 => return fail("lossless JPEG (SOF3) is not supported"),
-                0xC9 | 0xCA | 0xCB => return fail("arithmetic-coded JPEG is not supported"),
+                0xC9..=0xCB => return fail("arithmetic-coded JPEG is not supported"),
                 0xC5 | 0xC6 | 0xC7 | 0xCD | 0xCE | 0xCF => {
                     return fail("hierarchical (differential) JPEG is not supported")
                 }
@@ -1091,7 +1091,7 @@ fn read_sof(p: &[u8], progressive: bool) -> Result<(bool, usize, usize, Vec<Comp
 
 fn read_sos(p: &[u8], comps: &[Component]) -> Result<Scan> {
     let n = *p.first().unwrap_or(&0) as usize;
-    if n < 1 || n > 4 || p.len() != 4 + 2 * n {
+    if !(1..=4).contains(&n) || p.len() != 4 + 2 * n {
         return fail("corrupt JPEG data: bad SOS segment");
     }
     let mut scan_comps: Vec<ScanComponent> = Vec::with_capacity(n);
@@ -1629,7 +1629,8 @@ fn upsample_row(c: &Component, method: Upsample, plane: &[u8], y: usize, w: usiz
         Upsample::H1V2Fancy | Upsample::H2V2Fancy => {
             let r = y / 2;
             // The nearer row is r; the further one is above for even output rows.
-            let (far, bias) = if y % 2 == 0 { (r.saturating_sub(1), 1) } else { ((r + 1).min(c.sample_h - 1), 2) };
+            let (far, bias) =
+                if y.is_multiple_of(2) { (r.saturating_sub(1), 1) } else { ((r + 1).min(c.sample_h - 1), 2) };
             let (near, far) = (row(r), row(far));
             if method == Upsample::H1V2Fancy {
                 for x in 0..sw {
