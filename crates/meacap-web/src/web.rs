@@ -291,10 +291,11 @@ impl Session {
             other => return Err(JsError::new(&format!("unknown prompt order `{other}`"))),
         };
         let search = if beam_width == 0 { Search::Greedy } else { Search::Beam { width: beam_width as usize } };
-        for options in [Some(&mut self.options), self.captioner.as_mut().map(|c| &mut c.options)].into_iter().flatten() {
-            options.prompt_order = prompt_order;
-            options.search = search;
-            options.memory_caption_num = (memory_captions as usize).max(1);
+        self.options.prompt_order = prompt_order;
+        self.options.search = search;
+        self.options.memory_caption_num = (memory_captions as usize).max(1);
+        if let Some(captioner) = &mut self.captioner {
+            captioner.options = self.options.clone();
         }
         Ok(())
     }

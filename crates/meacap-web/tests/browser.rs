@@ -221,6 +221,26 @@ async fn corrupt_and_missing_files_are_reported() {
     assert!(message.contains("clip"), "{message}");
 }
 
+/// The tiny parser loaded on `device`, as the page would load it.
+fn parser_on(device: &Device) -> meacap::pipeline::SceneGraphParser {
+    let mut files = meacap::MemFiles::new("parser");
+    for (name, bytes) in &models()[3].1 {
+        files.insert(*name, bytes.to_vec());
+    }
+    meacap::pipeline::SceneGraphParser::load(&files, device).unwrap()
+}
+
+/// The parser inputs of the first pipeline image's retrieved captions.
+fn pipeline_parser_inputs() -> Vec<String> {
+    let reference: serde_json::Value = serde_json::from_str(PIPELINE).unwrap();
+    reference["images"][0]["memory_captions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| meacap::concepts::parser_input(c.as_str().unwrap()))
+        .collect()
+}
+
 fn random(shape: Vec<usize>, seed: u32, device: &Device) -> Tensor<3> {
     let n: usize = shape.iter().product();
     let mut x = seed.wrapping_mul(2654435761) | 1;
@@ -300,14 +320,9 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
         worst = worst.max(if diff.is_nan() { f32::INFINITY } else { diff });
     }
     // The whole parser encoder too.
-    let parser_files = &models()[3].1;
     let mut outs = Vec::new();
     for device in [&gpu, &cpu] {
-        let mut files = meacap::MemFiles::new("parser");
-        for (name, bytes) in parser_files {
-            files.insert(*name, bytes.to_vec());
-        }
-        let parser = meacap::pipeline::SceneGraphParser::load(&files, device).unwrap();
+        let parser = parser_on(device);
         let ids = vec![vec![5u32, 9, 100, 7, 1], vec![8, 3, 1, 0, 0]];
         let mask = vec![vec![1u32; 5], vec![1, 1, 1, 0, 0]];
         let enc = parser.t5.encode(&ids, &mask).unwrap();
@@ -316,20 +331,10 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
     }
     // The parser on the pipeline's real input (5 padded captions): encoder, teacher-forced
     // logits and greedy generation.
-    let reference: serde_json::Value = serde_json::from_str(PIPELINE).unwrap();
-    let captions: Vec<String> = reference["images"][0]["memory_captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| meacap::concepts::parser_input(c.as_str().unwrap()))
-        .collect();
+    let captions = pipeline_parser_inputs();
     let mut real = Vec::new();
     for device in [&gpu, &cpu] {
-        let mut files = meacap::MemFiles::new("parser");
-        for (name, bytes) in parser_files {
-            files.insert(*name, bytes.to_vec());
-        }
-        let parser = meacap::pipeline::SceneGraphParser::load(&files, device).unwrap();
+        let parser = parser_on(device);
         let batch = parser.tokenizer.encode_batch(&captions, true, Some(128), parser.t5.config.pad_token_id).unwrap();
         let enc = parser.t5.encode(&batch.ids, &batch.attention_mask).unwrap();
         let prefix: Vec<Vec<u32>> = (0..captions.len()).map(|_| vec![0, 41, 3]).collect();
@@ -406,20 +411,10 @@ async fn kv_cache_steps_agree_on_webgpu() {
 #[ignore = "known bug: T5 cached decoding diverges on SwiftShader WebGPU (issue 5)"]
 async fn t5_cached_generation_matches_cpu_on_webgpu() {
     let gpu = meacap_web::webgpu_device().await.expect("webgpu");
-    let reference: serde_json::Value = serde_json::from_str(PIPELINE).unwrap();
-    let captions: Vec<String> = reference["images"][0]["memory_captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| meacap::concepts::parser_input(c.as_str().unwrap()))
-        .collect();
+    let captions = pipeline_parser_inputs();
     let mut generated = Vec::new();
     for device in [&gpu, &Device::flex()] {
-        let mut files = meacap::MemFiles::new("parser");
-        for (name, bytes) in &models()[3].1 {
-            files.insert(*name, bytes.to_vec());
-        }
-        let parser = meacap::pipeline::SceneGraphParser::load(&files, device).unwrap();
+        let parser = parser_on(device);
         let batch = parser.tokenizer.encode_batch(&captions, true, Some(128), parser.t5.config.pad_token_id).unwrap();
         generated.push(parser.t5.generate_greedy_async(&batch.ids, &batch.attention_mask, 8).await.unwrap());
     }

@@ -184,14 +184,9 @@ struct Block {
 struct Stack {
     blocks: Vec<Block>,
     final_layer_norm: RmsNorm,
-    /// Layer 0's relative attention bias table `[num_buckets, heads]`, shared by all layers,
-    /// kept on the host: the bias of each call is gathered there and uploaded laid out as used
-    /// (gathering on the device through a transposed or permuted view gave wrong biases on
-    /// Chromium's WebGPU/SwiftShader, and the table is tiny).
-    relative_attention_bias: Vec<f32>,
-    heads: usize,
+    /// Layer 0's relative attention bias table `[num_buckets, heads]`, shared by all layers.
+    relative_attention_bias: Tensor<2>,
     bidirectional: bool,
-    device: Device,
 }
 
 impl Stack {
@@ -222,33 +217,35 @@ impl Stack {
             final_layer_norm: RmsNorm::load(&w.pp("final_layer_norm"), c.d_model, eps)?,
             relative_attention_bias: w
                 .pp("block.0.layer.0.SelfAttention.relative_attention_bias")
-                .get_f32("weight", &[c.relative_attention_num_buckets, c.num_heads])?
-                .0,
-            heads: c.num_heads,
+                .get::<2>("weight", [c.relative_attention_num_buckets, c.num_heads])?,
             bidirectional: !decoder,
-            device: w.device().clone(),
         })
     }
 
     /// Position bias `[1, heads, q_len, k_len]` for queries at absolute positions
     /// `q_start..q_start+q_len` against keys `0..k_len`.
     fn position_bias(&self, q_start: usize, q_len: usize, k_len: usize, c: &T5Config) -> Tensor<4> {
-        let heads = self.heads;
-        let mut bias = vec![0f32; heads * q_len * k_len];
-        for i in 0..q_len {
-            for j in 0..k_len {
-                let bucket = relative_position_bucket(
-                    j as i64 - (q_start + i) as i64,
-                    self.bidirectional,
-                    c.relative_attention_num_buckets,
-                    c.relative_attention_max_distance,
-                );
-                for h in 0..heads {
-                    bias[(h * q_len + i) * k_len + j] = self.relative_attention_bias[bucket * heads + h];
-                }
-            }
-        }
-        Tensor::<1>::from_floats(bias.as_slice(), &self.device).reshape([1, heads, q_len, k_len])
+        let device = self.relative_attention_bias.device();
+        let buckets: Vec<i64> = (0..q_len)
+            .flat_map(|i| {
+                (0..k_len).map(move |j| {
+                    relative_position_bucket(
+                        j as i64 - (q_start + i) as i64,
+                        self.bidirectional,
+                        c.relative_attention_num_buckets,
+                        c.relative_attention_max_distance,
+                    ) as i64
+                })
+            })
+            .collect();
+        let idx = Tensor::<1, Int>::from_ints(buckets.as_slice(), &device);
+        let heads = self.relative_attention_bias.dims()[1];
+        self.relative_attention_bias
+            .clone()
+            .select(0, idx)
+            .reshape([q_len, k_len, heads])
+            .permute([2, 0, 1])
+            .unsqueeze::<4>()
     }
 }
 
@@ -407,11 +404,7 @@ impl T5 {
             let step_ids = Tensor::<1, Int>::from_ints(next.iter().map(|&x| x as i64).collect::<Vec<_>>().as_slice(), &device)
                 .reshape([b, 1]);
             let logits = self.decode_step(step_ids, &enc, &mut cache);
-            // Argmax on the host: the device argmax returned garbage ids on Chromium's WebGPU
-            // (SwiftShader), and the logits of 5 rows are a small read-back.
-            let vocab = self.config.vocab_size;
-            let values = super::read_f32(logits.reshape([b, vocab])).await?;
-            let argmax: Vec<usize> = values.chunks(vocab).map(first_argmax).collect();
+            let argmax = super::read_i64(logits.reshape([b, self.config.vocab_size]).argmax(1)).await?;
             for row in 0..b {
                 next[row] = if finished[row] { pad } else { argmax[row] as u32 };
                 if !finished[row] {
@@ -427,15 +420,3 @@ impl T5 {
     }
 }
 
-
-/// Index of the first maximum, as `torch.argmax` picks among equal values (NaN counts as largest).
-fn first_argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        let b = row[best];
-        if v > b || (v.is_nan() && !b.is_nan()) {
-            best = i;
-        }
-    }
-    best
-}
