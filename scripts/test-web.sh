@@ -24,5 +24,5 @@ echo "== end-to-end test of dist/ (playwright-core + Debian chromium)"
 cli="$CARGO_TARGET_DIR/release/meacap-wgpu"
 [ -x "$cli" ] || cargo build --release -p meacap-cli
 node web/tests/e2e.mjs --dist dist --cli "$cli" --fixtures tests/fixtures --out "$MEACAP_CACHE/e2e" \
-  --backend "${MEACAP_E2E_BACKEND:-cpu}" || status=1
+  --backend "${MEACAP_E2E_BACKEND:-webgpu}" || status=1
 exit $status

@@ -185,6 +185,10 @@ function renderResult(r, wallMs) {
     tr.append(Object.assign(document.createElement('td'), { textContent: a }), Object.assign(document.createElement('td'), { textContent: b }));
     return tr;
   }));
+  if (r.runtime_errors) {
+    showError(`The GPU runtime reported ${r.runtime_errors.length} error(s) in this browser, so this caption may be wrong `
+      + `(details in the console). Reload with ?backend=cpu to caption on the CPU. First: ${r.runtime_errors[0].split('\n')[0]}`);
+  }
   $('caption').dataset.done = 'true';
 }
 

@@ -6,7 +6,7 @@
 //   meacap/files/<manifest path>   model files, written only after their size and sha256 matched
 //   meacap/index.json              {path: {size, sha256}} of the verified files
 //   meacap/manifest.json           the last manifest used (lets the page start with no network)
-import init, { Session, Hasher, IncomingFile } from './meacap-web.js';
+import init, { Session, Hasher, IncomingFile, runtimeErrors } from './meacap-web.js';
 
 const CHUNK = 8 << 20; // bytes per copy into wasm memory / per OPFS read
 const ROLE_ORDER = ['clip', 'gpt2', 'viecap', 'parser', 'sbert', 'memory'];
@@ -392,7 +392,13 @@ const ops = {
   inspect: (m) => inspect(m.source || {}),
   load: (m) => load(m.source || {}),
   options: (m) => session.setOptions(m.order, m.beam, m.memory),
-  caption: async (m) => JSON.parse(await session.caption(new Uint8Array(m.image), m.name)),
+  caption: async (m) => {
+    const result = JSON.parse(await session.caption(new Uint8Array(m.image), m.name));
+    // A GPU kernel the browser refused is reported only through the runtime's log: say so.
+    const errors = runtimeErrors();
+    if (errors.length) result.runtime_errors = errors;
+    return result;
+  },
   clear: () => clear(),
   estimate: async () => navigator.storage.estimate(),
 };

@@ -15,6 +15,66 @@ use wasm_bindgen::prelude::*;
 #[wasm_bindgen(start)]
 fn start() {
     console_error_panic_hook::set_once();
+    install_console_logger();
+}
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(text: &str);
+    #[wasm_bindgen(js_namespace = console, js_name = warn)]
+    fn console_warn(text: &str);
+}
+
+/// Forwards the runtime's warnings and errors to the browser console. On wasm, burn's wgpu
+/// runtime reports what it cannot check synchronously (a shader the browser refuses to compile)
+/// only through `log`; without a logger those reports vanish.
+struct ConsoleLogger;
+
+impl log::Log for ConsoleLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = format!("[{}] {}", record.target(), record.args());
+        match record.level() {
+            log::Level::Error => {
+                console_error(&text);
+                RUNTIME_ERRORS.with(|errors| {
+                    let mut errors = errors.borrow_mut();
+                    if errors.len() < 32 {
+                        errors.push(text);
+                    }
+                });
+            }
+            _ => console_warn(&text),
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+thread_local! {
+    static RUNTIME_ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The errors the runtime logged so far (the first 32), e.g. a GPU kernel the browser refused
+/// to compile: results computed around such an error cannot be trusted.
+#[wasm_bindgen(js_name = runtimeErrors)]
+pub fn runtime_errors() -> Vec<String> {
+    RUNTIME_ERRORS.with(|errors| errors.borrow().clone())
+}
+
+/// Installs [`ConsoleLogger`] unless the page installed another logger first.
+pub fn install_console_logger() {
+    static LOGGER: ConsoleLogger = ConsoleLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
 }
 
 fn js_error(e: impl std::fmt::Display) -> JsError {
@@ -35,6 +95,7 @@ async fn webgpu() -> Result<(Device, AdapterInfo), String> {
     if let Some(done) = WEBGPU.with(|w| w.borrow().clone()) {
         return done;
     }
+    install_console_logger();
     let opened = open_wgpu_async().await.map_err(|e| e.to_string());
     WEBGPU.with(|w| *w.borrow_mut() = Some(opened.clone()));
     opened

@@ -126,6 +126,21 @@ fn close(what: &str, got: &serde_json::Value, want: &serde_json::Value) {
     }
 }
 
+const MARGINS: &str = include_str!("../../../tests/fixtures/expected/margins.json");
+
+/// WebGPU's logits differ from the CPU's by up to ~1e-4 (Chromium's SwiftShader, measured with
+/// random prefixes over 14 cached beam steps), so an average beam score can move by ~1e-4 per
+/// step. Where the reference chose its 5th beam over the 6th by less than 1e-3
+/// (`tests/fixtures/expected/margins.json` names the closest decision: wide.jpg, soft prompt
+/// first, step 3, 2.6e-4), the runner-up beams may legitimately differ on WebGPU.
+fn near_tie(backend: &str, path: &str, mode: &str) -> bool {
+    let margins: serde_json::Value = serde_json::from_str(MARGINS).unwrap();
+    let beam = &margins["found"]["beam_5th_6th_avg_score"];
+    backend == "webgpu"
+        && beam["min"].as_f64().unwrap() < 1e-3
+        && beam["where"].as_str().unwrap().starts_with(&format!("{path} {mode} "))
+}
+
 /// Every image in every decoding mode against the reference.
 async fn check_pipeline(backend: &str) {
     let mut session = session(backend).await;
@@ -149,6 +164,21 @@ async fn check_pipeline(backend: &str) {
             let expected = &want["modes"][mode];
             assert_eq!(got["caption"], expected["caption"], "{what}: caption");
             match expected["beams"].as_array() {
+                Some(beams) if near_tie(backend, path, mode) => {
+                    // The reference kept its 5th beam over the 6th by less than WebGPU's error
+                    // budget here: the best beam must match; every other beam that the
+                    // reference also has must match its score; a different runner-up is allowed.
+                    let got_beams = got["beams"].as_array().unwrap();
+                    assert_eq!(got_beams.len(), beams.len(), "{what}: beam count");
+                    assert_eq!(u64s(&got_beams[0]["tokens"]), u64s(&beams[0]["tokens"]), "{what}: best beam");
+                    for g in got_beams {
+                        if let Some(w) = beams.iter().find(|w| u64s(&w["tokens"]) == u64s(&g["tokens"])) {
+                            close(&format!("{what}: beam score"), &serde_json::json!([g["score"]]), &serde_json::json!([w["score"]]));
+                        } else {
+                            web_sys_log(&format!("{what}: beam {} (score {}) is not among the reference's (near tie)", g["tokens"], g["score"]));
+                        }
+                    }
+                }
                 Some(beams) => {
                     let got_beams = got["beams"].as_array().unwrap();
                     assert_eq!(got_beams.len(), beams.len(), "{what}: beam count");
@@ -169,14 +199,14 @@ async fn cpu_pipeline_matches_native_fixtures() {
     check_pipeline("cpu").await;
 }
 
-/// Fails today on Chromium's SwiftShader adapter at the scene graphs (T5 cached decoding, see
-/// t5_cached_generation_matches_cpu_on_webgpu), and takes ~15 minutes on 2 cores: run it with
-/// `-- --include-ignored`. CI covers WebGPU with the tests below (operations, T5 encoder and
-/// teacher-forced logits) and the whole pipeline on the CPU backend.
+/// The whole pipeline on the browser's WebGPU; then, once the device has answered every
+/// pending shader check, not one runtime error was logged (a kernel the browser refuses to
+/// compile is reported only asynchronously, and the command buffer holding it is dropped).
 #[wasm_bindgen_test]
-#[ignore = "known bug: T5 cached decoding diverges on SwiftShader WebGPU (issue 5); slow"]
 async fn webgpu_pipeline_matches_native_fixtures() {
     check_pipeline("webgpu").await;
+    settle().await;
+    assert_eq!(meacap_web::runtime_errors(), Vec::<String>::new(), "runtime errors logged on WebGPU");
 }
 
 /// Control: the WebGPU session really runs on the browser's WebGPU (burn's wgpu runtime on the
@@ -352,10 +382,13 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
     let logit_diff = max_diff(g.1, c.1).await;
     report.push(format!("t5 encoder: {enc_diff:e}; t5 decoder logits: {logit_diff:e}"));
     web_sys_log(&report.join("\n"));
-    // Cached greedy generation is reported, not asserted here: on SwiftShader it still diverges
-    // from the second step (see t5_cached_generation_matches_cpu_on_webgpu).
     assert!(
-        worst <= 1e-4 && enc_diff <= 1e-4 && logit_diff <= 1e-3 && real_enc <= 1e-4 && real_logits <= 1e-3,
+        worst <= 1e-4
+            && enc_diff <= 1e-4
+            && logit_diff <= 1e-3
+            && real_enc <= 1e-4
+            && real_logits <= 1e-3
+            && rg.2 == rc.2,
         "{}",
         report.join("\n")
     );
@@ -367,10 +400,10 @@ fn web_sys_log(text: &str) {
 
 /// GPT-2 with its key/value cache on WebGPU: two cached steps equal one full pass, with and
 /// without a read-back between the steps (decoding reads back after every step).
-/// Known bug (issue 5): on SwiftShader the cached step differs (max |diff| ~4 without, ~37 with a
-/// read-back between), like T5's cached decoding; natively (lavapipe, NVIDIA) it is exact.
+/// Regression test: with burn's autotune in the wasm build, these steps came out wrong (max |diff|
+/// ~4, ~37 with a read-back between) because a tuning candidate's WGSL used subgroups, which the
+/// device does not enable; the browser dropped whole command buffers and said so only later.
 #[wasm_bindgen_test]
-#[ignore = "known bug: cached decoding steps diverge on SwiftShader WebGPU (issue 5)"]
 async fn kv_cache_steps_agree_on_webgpu() {
     let gpu = meacap_web::webgpu_device().await.expect("webgpu");
     let mut report = Vec::new();
@@ -403,12 +436,9 @@ async fn kv_cache_steps_agree_on_webgpu() {
     assert!(diffs.iter().all(|&d| d <= 1e-4), "{}", report.join("\n"));
 }
 
-/// Known bug (issue 5): T5's cached greedy decoding on Chromium's SwiftShader WebGPU adapter
-/// diverges from the CPU from the second generated token, although the encoder and the
-/// teacher-forced decoder logits agree (tensor_ops_agree_between_webgpu_and_cpu); GPT-2's cached
-/// steps diverge too (kv_cache_steps_agree_on_webgpu). Natively (lavapipe, NVIDIA) it is exact.
+/// T5's cached greedy decoding on WebGPU equals the CPU's, token for token (it diverged from the
+/// second token while autotune's refused kernels dropped command buffers).
 #[wasm_bindgen_test]
-#[ignore = "known bug: T5 cached decoding diverges on SwiftShader WebGPU (issue 5)"]
 async fn t5_cached_generation_matches_cpu_on_webgpu() {
     let gpu = meacap_web::webgpu_device().await.expect("webgpu");
     let captions = pipeline_parser_inputs();
@@ -420,3 +450,17 @@ async fn t5_cached_generation_matches_cpu_on_webgpu() {
     }
     assert_eq!(generated[0], generated[1]);
 }
+
+/// Lets the browser deliver what it reports asynchronously (shader compilation results,
+/// uncaptured errors) before a test looks at the runtime's error log.
+async fn settle() {
+    for _ in 0..3 {
+        let promise = js_sys::Promise::new(&mut |resolve, _| {
+            let global = js_sys::global();
+            let set_timeout: js_sys::Function = js_sys::Reflect::get(&global, &"setTimeout".into()).unwrap().into();
+            set_timeout.call2(&global, &resolve, &200.into()).unwrap();
+        });
+        wasm_bindgen_futures::JsFuture::from(promise).await.unwrap();
+    }
+}
+
