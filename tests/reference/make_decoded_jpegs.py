@@ -1,9 +1,9 @@
 """Pillow's decode of each pipeline JPEG, saved losslessly as PNG.
 
-The Rust JPEG decoders (zune-jpeg, jpeg-decoder) differ from Pillow's libjpeg-turbo by up to
-4/255 per sample (chroma upsampling and IDCT rounding). The end-to-end parity test feeds these
-PNGs for the JPEG images so that every stage after decoding is checked exactly; the decoder itself
-is checked, with its own tolerance, by the preprocessing tests.
+Written when the Rust side decoded JPEGs with zune-jpeg (up to 4/255 per sample away from
+Pillow). meacap's own decoder (crates/meacap/src/jpeg.rs) is now bit-exact with Pillow on the
+JPEG fixtures (crates/meacap/tests/jpeg.rs); the end-to-end parity tests still feed these PNGs,
+which keeps them independent of the decoder.
 
 Run: ~/.cache/meacap-wgpu/pyref/bin/python tests/reference/make_decoded_jpegs.py
 """
