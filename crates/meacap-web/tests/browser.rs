@@ -251,13 +251,19 @@ async fn corrupt_and_missing_files_are_reported() {
     assert!(message.contains("clip"), "{message}");
 }
 
+/// The files of the model with `role` (see [`models`]), as the page hands them to the library.
+fn mem_files(role: &str) -> meacap::MemFiles {
+    let mut files = meacap::MemFiles::new(role);
+    let (_, named) = models().into_iter().find(|(r, _)| *r == role).unwrap();
+    for (name, bytes) in named {
+        files.insert(name, bytes.to_vec());
+    }
+    files
+}
+
 /// The tiny parser loaded on `device`, as the page would load it.
 fn parser_on(device: &Device) -> meacap::pipeline::SceneGraphParser {
-    let mut files = meacap::MemFiles::new("parser");
-    for (name, bytes) in &models()[3].1 {
-        files.insert(*name, bytes.to_vec());
-    }
-    meacap::pipeline::SceneGraphParser::load(&files, device).unwrap()
+    meacap::pipeline::SceneGraphParser::load(&mem_files("parser"), device).unwrap()
 }
 
 /// The parser inputs of the first pipeline image's retrieved captions.
@@ -359,8 +365,8 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
         let logits = parser.t5.decoder_logits(&enc, &[vec![0, 4], vec![0, 6]]).unwrap();
         outs.push((enc.hidden, logits));
     }
-    // The parser on the pipeline's real input (5 padded captions): encoder, teacher-forced
-    // logits and greedy generation.
+    // The parser on the pipeline's real input (5 padded captions): encoder and teacher-forced
+    // logits (greedy generation: t5_cached_generation_matches_cpu_on_webgpu).
     let captions = pipeline_parser_inputs();
     let mut real = Vec::new();
     for device in [&gpu, &cpu] {
@@ -369,14 +375,12 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
         let enc = parser.t5.encode(&batch.ids, &batch.attention_mask).unwrap();
         let prefix: Vec<Vec<u32>> = (0..captions.len()).map(|_| vec![0, 41, 3]).collect();
         let logits = parser.t5.decoder_logits(&enc, &prefix).unwrap();
-        let generated = parser.t5.generate_greedy_async(&batch.ids, &batch.attention_mask, 24).await.unwrap();
-        real.push((enc.hidden, logits, generated));
+        real.push((enc.hidden, logits));
     }
     let (rg, rc) = (real.remove(0), real.remove(0));
     let real_enc = max_diff(rg.0, rc.0).await;
     let real_logits = max_diff(rg.1, rc.1).await;
     report.push(format!("t5 real batch: encoder {real_enc:e}, logits {real_logits:e}"));
-    report.push(format!("generated gpu {:?}\ngenerated cpu {:?}", rg.2, rc.2));
     let (g, c) = (outs.remove(0), outs.remove(0));
     let enc_diff = max_diff(g.0, c.0).await;
     let logit_diff = max_diff(g.1, c.1).await;
@@ -387,8 +391,7 @@ async fn tensor_ops_agree_between_webgpu_and_cpu() {
             && enc_diff <= 1e-4
             && logit_diff <= 1e-3
             && real_enc <= 1e-4
-            && real_logits <= 1e-3
-            && rg.2 == rc.2,
+            && real_logits <= 1e-3,
         "{}",
         report.join("\n")
     );
@@ -407,15 +410,9 @@ fn web_sys_log(text: &str) {
 async fn kv_cache_steps_agree_on_webgpu() {
     let gpu = meacap_web::webgpu_device().await.expect("webgpu");
     let mut report = Vec::new();
-    let mut files = meacap::MemFiles::new("gpt2");
-    for (name, bytes) in &models()[1].1 {
-        files.insert(*name, bytes.to_vec());
-    }
-    let mut vfiles = meacap::MemFiles::new("viecap");
-    for (name, bytes) in &models()[2].1 {
-        vfiles.insert(*name, bytes.to_vec());
-    }
-    let decoder = meacap::pipeline::CaptionDecoder::load(&files, &vfiles, "coco_prefix-tiny.pt", 8, &gpu).unwrap();
+    let decoder =
+        meacap::pipeline::CaptionDecoder::load(&mem_files("gpt2"), &mem_files("viecap"), "coco_prefix-tiny.pt", 8, &gpu)
+            .unwrap();
     let gpt = &decoder.viecap.gpt;
     let d = gpt.config.n_embd;
     let x = random(vec![2, 4, d], 30, &gpu) * 0.1;
@@ -446,7 +443,7 @@ async fn t5_cached_generation_matches_cpu_on_webgpu() {
     for device in [&gpu, &Device::flex()] {
         let parser = parser_on(device);
         let batch = parser.tokenizer.encode_batch(&captions, true, Some(128), parser.t5.config.pad_token_id).unwrap();
-        generated.push(parser.t5.generate_greedy_async(&batch.ids, &batch.attention_mask, 8).await.unwrap());
+        generated.push(parser.t5.generate_greedy_async(&batch.ids, &batch.attention_mask, 24).await.unwrap());
     }
     assert_eq!(generated[0], generated[1]);
 }
