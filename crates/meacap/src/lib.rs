@@ -13,6 +13,7 @@ pub mod jpeg;
 pub mod memory;
 pub mod models;
 pub mod preprocess;
+pub mod rowmatmul;
 pub mod tokenize;
 pub mod weights;
 pub mod decode;

@@ -207,7 +207,7 @@ impl Gpt2 {
 
     /// Vocabulary logits for hidden states `[rows, d]` → `[rows, vocab]` (tied `lm_head`).
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        hidden.matmul(self.wte.clone().transpose())
+        super::project(hidden, &self.wte.clone().transpose(), None)
     }
 
     /// Logits of the last position only: `[batch, seq, d]` → `[batch, vocab]`.

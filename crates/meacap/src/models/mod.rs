@@ -13,6 +13,7 @@ use burn::prelude::*;
 use burn::tensor::activation;
 
 use crate::error::{Error, Result};
+use crate::rowmatmul;
 use crate::weights::Weights;
 
 /// Parses a model's `config.json` into its config struct, naming the model on failure.
@@ -45,9 +46,11 @@ impl Linear {
         Self::load(w, d_in, d_out, bias)
     }
 
-    /// HF `Conv1D` (GPT-2): `weight` is already `[in, out]`; it must not be transposed.
+    /// HF `Conv1D` (GPT-2): `weight` is already `[in, out]`. It is stored transposed (`[out, in]`,
+    /// like `nn.Linear`) and used through a view, so every dense layer has one layout: the one
+    /// the CPU's few-row kernel streams ([`project`]).
     pub fn load_conv1d(w: &Weights, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Self { weight: w.get::<2>("weight", [d_in, d_out])?, bias: Some(w.get::<1>("bias", [d_out])?) })
+        Ok(Self { weight: w.get_transposed("weight", [d_in, d_out])?.transpose(), bias: Some(w.get::<1>("bias", [d_out])?) })
     }
 
     pub fn d_out(&self) -> usize {
@@ -58,13 +61,64 @@ impl Linear {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
-        let mut y = x.reshape([rows, d_in]).matmul(self.weight.clone());
-        if let Some(bias) = &self.bias {
-            y = y + bias.clone().unsqueeze::<2>();
-        }
+        let y = project(x.reshape([rows, d_in]), &self.weight, self.bias.as_ref());
         dims[D - 1] = self.d_out();
         y.reshape(dims)
     }
+}
+
+/// `x [rows, d_in] · weight [d_in, d_out] (+ bias)`. A decoding step's few rows on the CPU backend
+/// go through [`rowmatmul`], which streams each weight once for all rows on every core; everything
+/// else (GPUs, long sequences) is burn's matmul.
+pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
+    if let Some(y) = project_few_rows_on_cpu(&x, weight, bias) {
+        return y;
+    }
+    let y = x.matmul(weight.clone());
+    match bias {
+        Some(b) => y + b.clone().unsqueeze::<2>(),
+        None => y,
+    }
+}
+
+/// `None` unless every tensor is an f32 flex tensor, `x` has at most [`rowmatmul::MAX_ROWS`] rows
+/// and `weight` is an output-major view (`[out, in]` storage, transposed).
+fn project_few_rows_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+    use burn::backend::{flex::FlexTensor, Flex};
+    use burn::tensor::DType;
+
+    let [rows, d_in] = x.dims();
+    let [_, d_out] = weight.dims();
+    if rows == 0 || rows > rowmatmul::MAX_ROWS {
+        return None;
+    }
+    let flex_f32 = |t: FlexTensor| (t.dtype() == DType::F32).then_some(t);
+    let w = flex_f32(weight.clone().try_into_primitive::<Flex>().ok()?)?;
+    let (strides, offset) = (w.layout().strides(), w.layout().start_offset());
+    let row_stride = usize::try_from(strides[1]).ok()?;
+    if strides[0] != 1 || (row_stride < d_in && d_out > 1) {
+        return None;
+    }
+    let x = flex_f32(x.clone().try_into_primitive::<Flex>().ok()?)?;
+    let x = if x.is_contiguous() { x } else { x.to_contiguous() };
+    let bias = match bias {
+        Some(b) => Some(flex_f32(b.clone().try_into_primitive::<Flex>().ok()?)?),
+        None => None,
+    };
+    let bias = match &bias {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let y = rowmatmul::matmul_rows(
+        x.as_slice::<f32>()?,
+        rows,
+        d_in,
+        &w.storage::<f32>()[offset..],
+        row_stride.max(d_in),
+        d_out,
+        bias,
+    );
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [rows, d_out]))))
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).

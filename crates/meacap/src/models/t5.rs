@@ -364,7 +364,7 @@ impl T5 {
             x = x * (self.config.d_model as f64).powf(-0.5);
         }
         let d = self.config.d_model;
-        x.reshape([b * q_len, d]).matmul(self.lm_head.clone()).reshape([b, q_len, self.config.vocab_size])
+        super::project(x.reshape([b * q_len, d]), &self.lm_head, None).reshape([b, q_len, self.config.vocab_size])
     }
 
     /// Teacher-forced decoder logits `[batch, len, vocab]` for decoder input ids (tests, scoring).

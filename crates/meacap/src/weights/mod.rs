@@ -356,11 +356,41 @@ impl Weights {
 
     /// The tensor on the device, shape-checked (0 in `shape` means "any size").
     pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        self.get_with(name, shape, shape, |data, shape| TensorData::new(data, shape))
+    }
+
+    /// A 2-D tensor `[r, c]` from the checkpoint, transposed on the host into a contiguous
+    /// `[c, r]` device tensor (a one-off at load time, so forward passes see one weight layout).
+    pub fn get_transposed(&self, name: &str, shape: [usize; 2]) -> Result<Tensor<2>> {
+        self.get_with(name, shape, [shape[1], shape[0]], |data, shape| {
+            let (r, c) = (shape[0], shape[1]);
+            let mut t = vec![0.0f32; data.len()];
+            // Blocks of rows keep both sides' cache lines in use.
+            for i0 in (0..r).step_by(64) {
+                for (j, out) in t.chunks_exact_mut(r.max(1)).enumerate() {
+                    for i in i0..(i0 + 64).min(r) {
+                        out[i] = data[i * c + j];
+                    }
+                }
+            }
+            TensorData::new(t, [c, r])
+        })
+    }
+
+    /// Shared by the getters: `build` turns the checked host data into the tensor's data; while
+    /// collecting problems, a failure is recorded and zeros of `out_shape` stand in.
+    fn get_with<const D: usize, const O: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        out_shape: [usize; O],
+        build: impl FnOnce(Vec<f32>, Vec<usize>) -> TensorData,
+    ) -> Result<Tensor<O>> {
         match (self.get_f32(name, &shape), &self.problems) {
-            (Ok((data, shape)), _) => Ok(Tensor::from_data(TensorData::new(data, shape), &self.device)),
+            (Ok((data, shape)), _) => Ok(Tensor::from_data(build(data, shape), &self.device)),
             (Err(Error::Tensor { tensor, message, .. }), Some(problems)) => {
                 problems.lock().unwrap().push(format!("`{tensor}` {message}"));
-                Ok(Tensor::zeros(shape.map(|d| d.max(1)), &self.device))
+                Ok(Tensor::zeros(out_shape.map(|d| d.max(1)), &self.device))
             }
             (Err(e), _) => Err(e),
         }

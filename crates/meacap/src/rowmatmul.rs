@@ -1,0 +1,285 @@
+//! Few-row matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)` with `rows` of
+//! at most [`MAX_ROWS`].
+//!
+//! A decoding step multiplies a handful of rows (the beams, the parsed captions) by every weight
+//! matrix once, so on a CPU it is bound by how fast the weights stream from memory, not by
+//! arithmetic. General GEMM kernels pack and tile for the many-row case and reach ~40 % of the
+//! memory bandwidth on these shapes (and burn flex runs the 768x768 ones on one thread). This
+//! kernel reads each weight element exactly once, in storage order, for all rows together, and
+//! splits the output features between threads. Each output element is summed in one fixed order
+//! by one thread, so results do not depend on the thread count.
+//!
+//! Pure slices in, `Vec` out: no tensor types here; `models::Linear` decides when to use it.
+
+/// Beyond this many rows a tiled GEMM reuses weights better than streaming them per row block.
+pub const MAX_ROWS: usize = 8;
+
+/// Output features per parallel task: large enough to amortise scheduling, small enough that two
+/// cores share the vocabulary projections evenly.
+const TASK_OUTPUTS: usize = 256;
+const LANES: usize = 8;
+
+/// What the weights may be stored as: f32, or f16 widened on the fly (half the bytes to stream,
+/// e.g. an f16 memory bank).
+pub trait WeightElem: Copy + Send + Sync + 'static {
+    fn to_f32(self) -> f32;
+    /// The kernel for this element type (the SIMD form when the CPU has it).
+    #[doc(hidden)]
+    fn kernel(x: &[f32], rows: usize, d_in: usize, w: &[Self], row_stride: usize, features: usize, out: &mut [f32]);
+}
+
+/// `x [rows, d_in]` (row-major, contiguous) times `W [d_in, d_out]` stored output-major: element
+/// `(k, n)` at `w[n * row_stride + k]`, i.e. storage rows are output features (PyTorch
+/// `nn.Linear`'s `[out, in]` through a transposed view, tied embeddings, memory-bank rows).
+/// Returns `[rows, d_out]` row-major. Panics if a slice is too short (a caller bug: callers check
+/// the shapes of what they unpack).
+pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    assert!((1..=MAX_ROWS).contains(&rows), "matmul_rows: {rows} rows (1..={MAX_ROWS})");
+    assert_eq!(x.len(), rows * d_in, "matmul_rows: x is not [rows, d_in]");
+    assert!(row_stride >= d_in, "matmul_rows: weight rows overlap");
+    assert!(w.len() >= d_out.saturating_sub(1) * row_stride + d_in, "matmul_rows: weight storage too short");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), d_out, "matmul_rows: bias is not [d_out]");
+    }
+
+    // Tasks write feature-major blocks `[task outputs, rows]`; transposed to `[rows, d_out]` below
+    // (for one row the layouts coincide).
+    let mut by_feature = vec![0.0f32; d_out * rows];
+    let task = |(t, block): (usize, &mut [f32])| {
+        let n0 = t * TASK_OUTPUTS;
+        let n1 = (n0 + TASK_OUTPUTS).min(d_out);
+        W::kernel(x, rows, d_in, &w[n0 * row_stride..], row_stride, n1 - n0, block);
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        by_feature.par_chunks_mut(TASK_OUTPUTS * rows).enumerate().for_each(task);
+    }
+    #[cfg(target_family = "wasm")]
+    by_feature.chunks_mut(TASK_OUTPUTS * rows).enumerate().for_each(task);
+
+    if rows == 1 && bias.is_none() {
+        return by_feature;
+    }
+    let mut out = vec![0.0f32; rows * d_out];
+    for (n, feature) in by_feature.chunks_exact(rows).enumerate() {
+        let b = bias.map_or(0.0, |b| b[n]);
+        for (r, v) in feature.iter().enumerate() {
+            out[r * d_out + n] = v + b;
+        }
+    }
+    out
+}
+
+/// Calls `$f::<R>` with `R = rows` (1..=8) as a compile-time constant.
+macro_rules! by_rows {
+    ($f:ident, $rows:expr, $($arg:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            4 => $f::<4>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            6 => $f::<6>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            _ => $f::<8>($($arg),*),
+        }
+    };
+}
+
+impl WeightElem for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn kernel(x: &[f32], rows: usize, d_in: usize, w: &[f32], row_stride: usize, features: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { by_rows!(rows_avx2_f32, rows, x, d_in, w, row_stride, features, out) };
+        }
+        by_rows!(rows_portable, rows, x, d_in, w, row_stride, features, out)
+    }
+}
+
+impl WeightElem for half::f16 {
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn kernel(x: &[f32], rows: usize, d_in: usize, w: &[half::f16], row_stride: usize, features: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked just above).
+            return unsafe { by_rows!(rows_avx2_f16, rows, x, d_in, w, row_stride, features, out) };
+        }
+        by_rows!(rows_portable, rows, x, d_in, w, row_stride, features, out)
+    }
+}
+
+/// Portable form (wasm simd128, SSE2, other CPUs): `LANES` partial sums per row, as fixed-width
+/// arrays the compiler can vectorise.
+fn rows_portable<const R: usize>(x: &[f32], d_in: usize, w: &[impl WeightElem], row_stride: usize, features: usize, out: &mut [f32]) {
+    let body = d_in - d_in % LANES;
+    for n in 0..features {
+        let wr = &w[n * row_stride..n * row_stride + d_in];
+        let mut acc = [[0.0f32; LANES]; R];
+        for k in (0..body).step_by(LANES) {
+            let wv: [f32; LANES] = std::array::from_fn(|l| wr[k + l].to_f32());
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xr = &x[r * d_in + k..r * d_in + k + LANES];
+                for l in 0..LANES {
+                    acc[l] += xr[l] * wv[l];
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let xr = &x[r * d_in..(r + 1) * d_in];
+            let tail: f32 = (body..d_in).map(|k| xr[k] * wr[k].to_f32()).sum();
+            out[n * R + r] = acc.iter().sum::<f32>() + tail;
+        }
+    }
+}
+
+/// AVX2 + FMA: two weight rows at a time, so each 8-wide load of `x` feeds two fused
+/// multiply-adds (at most 16 registers: 2 x R accumulators for R <= 6, else one row at a time).
+/// `$load` widens 8 stored elements to f32 lanes.
+macro_rules! rows_avx2 {
+    ($name:ident, $elem:ty, $features:literal, $load:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const R: usize>(x: &[f32], d_in: usize, w: &[$elem], row_stride: usize, features: usize, out: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let body = d_in - d_in % LANES;
+            let xp = x.as_ptr();
+            let pair = R <= 6;
+            let mut n = 0;
+            while n < features {
+                let two = pair && n + 1 < features;
+                let w0 = &w[n * row_stride..n * row_stride + d_in];
+                let w1 = if two { &w[(n + 1) * row_stride..(n + 1) * row_stride + d_in] } else { w0 };
+                let (p0, p1) = (w0.as_ptr(), w1.as_ptr());
+                let mut acc0 = [_mm256_setzero_ps(); R];
+                let mut acc1 = [_mm256_setzero_ps(); R];
+                let mut k = 0;
+                // SAFETY (loads): k + 8 <= body <= d_in, the length of both weight rows and of
+                // every row of x.
+                if two {
+                    while k < body {
+                        unsafe {
+                            let (v0, v1) = ($load(p0.add(k)), $load(p1.add(k)));
+                            for r in 0..R {
+                                let xv = _mm256_loadu_ps(xp.add(r * d_in + k));
+                                acc0[r] = _mm256_fmadd_ps(xv, v0, acc0[r]);
+                                acc1[r] = _mm256_fmadd_ps(xv, v1, acc1[r]);
+                            }
+                        }
+                        k += LANES;
+                    }
+                } else {
+                    while k < body {
+                        unsafe {
+                            let v0 = $load(p0.add(k));
+                            for (r, acc) in acc0.iter_mut().enumerate() {
+                                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(xp.add(r * d_in + k)), v0, *acc);
+                            }
+                        }
+                        k += LANES;
+                    }
+                }
+                let done = if two { 2 } else { 1 };
+                for (j, (acc, wr)) in [(&acc0, w0), (&acc1, w1)].into_iter().take(done).enumerate() {
+                    for (r, acc) in acc.iter().enumerate() {
+                        let mut lanes = [0.0f32; LANES];
+                        // SAFETY: `lanes` holds 8 floats.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+                        let xr = &x[r * d_in..(r + 1) * d_in];
+                        let tail: f32 = (body..d_in).map(|k| xr[k] * wr[k].to_f32()).sum();
+                        out[(n + j) * R + r] = lanes.iter().sum::<f32>() + tail;
+                    }
+                }
+                n += done;
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn load8_f32(p: *const f32) -> std::arch::x86_64::__m256 {
+    // SAFETY: the caller passes a pointer to 8 readable floats.
+    unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load8_f16(p: *const half::f16) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller passes a pointer to 8 readable f16 (16 bytes).
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+}
+
+rows_avx2!(rows_avx2_f32, f32, "avx2,fma", load8_f32);
+rows_avx2!(rows_avx2_f16, half::f16, "avx2,fma,f16c", load8_f16);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_f64_reference_for_every_row_count() {
+        // Odd sizes exercise the lane tail and partial tasks; a row stride wider than the row is a
+        // view into a larger buffer. Tolerance: fp32 rounding of d_in products, ~1e-6 relative.
+        for &(d_in, d_out) in &[(1, 1), (13, 7), (67, 301), (256, 513), (768, 300)] {
+            let row_stride = d_in + 3;
+            let w = values(d_out * row_stride, 7);
+            let bias = values(d_out, 99);
+            for rows in 1..=MAX_ROWS {
+                let x = values(rows * d_in, 1 + rows as u32);
+                for b in [None, Some(&bias[..])] {
+                    let got = matmul_rows(&x, rows, d_in, &w, row_stride, d_out, b);
+                    for r in 0..rows {
+                        for n in 0..d_out {
+                            let mut want = b.map_or(0.0, |b| b[n] as f64);
+                            for k in 0..d_in {
+                                want += x[r * d_in + k] as f64 * w[n * row_stride + k] as f64;
+                            }
+                            let g = got[r * d_out + n] as f64;
+                            assert!((g - want).abs() <= 2e-6 * (d_in as f64).sqrt() + 1e-6, "rows {rows} {d_in}x{d_out} ({r},{n}): {g} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f16_weights_match_their_f32_widening() {
+        let (d_in, d_out, row_stride) = (77, 600, 80);
+        let w16: Vec<half::f16> = values(d_out * row_stride, 3).into_iter().map(half::f16::from_f32).collect();
+        let w32: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+        for rows in [1, 5] {
+            let x = values(rows * d_in, 11);
+            let a = matmul_rows(&x, rows, d_in, &w16, row_stride, d_out, None);
+            let b = matmul_rows(&x, rows, d_in, &w32, row_stride, d_out, None);
+            for (a, b) in a.iter().zip(&b) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+        }
+    }
+}
