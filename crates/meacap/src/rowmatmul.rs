@@ -1,5 +1,5 @@
 //! Few-row matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)` with `rows` of
-//! at most [`MAX_ROWS`].
+//! any count (blocks of a few rows per pass over the weights).
 //!
 //! A decoding step multiplies a handful of rows (the beams, the parsed captions) by every weight
 //! matrix once, so on a CPU it is bound by how fast the weights stream from memory, not by
@@ -12,16 +12,19 @@
 //! Pure slices in, `Vec` out: no tensor types here; `models::project` and the memory bank's CPU
 //! store decide when to use it.
 
-/// Beyond this many rows a tiled GEMM reuses weights better than streaming them per row block.
+/// Rows multiplied together in one pass over the weights (register blocking).
 pub const MAX_ROWS: usize = 8;
 
 /// Output features per parallel task: large enough to amortise scheduling, small enough that two
 /// cores share the vocabulary projections evenly.
 const TASK_OUTPUTS: usize = 256;
+/// Weight bytes per task when several row blocks reuse them (half a typical L2).
+const L2_BYTES: usize = 256 << 10;
 const LANES: usize = 8;
 /// How far ahead of the weights being read to prefetch. With several rows of x the kernel
 /// spends longer on each weight line, and the hardware prefetcher alone falls behind (measured:
 /// 5 rows x T5's lm_head went from ~9 to ~14 GB/s).
+#[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 8192;
 
 /// What the weights may be stored as: f32, or f16 widened on the fly (half the bytes to stream,
@@ -36,41 +39,60 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
 /// `x [rows, d_in]` (row-major, contiguous) times `W [d_in, d_out]` stored output-major: element
 /// `(k, n)` at `w[n * row_stride + k]`, i.e. storage rows are output features (PyTorch
 /// `nn.Linear`'s `[out, in]` through a transposed view, tied embeddings, memory-bank rows).
-/// Returns `[rows, d_out]` row-major. Panics if a slice is too short (a caller bug: callers check
-/// the shapes of what they unpack).
+/// Returns `[rows, d_out]` row-major. Rows beyond [`MAX_ROWS`] are taken in blocks, each
+/// task's weights staying in cache across the blocks. Panics if a slice is too short (a caller
+/// bug: callers check the shapes of what they unpack).
 pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    assert!((1..=MAX_ROWS).contains(&rows), "matmul_rows: {rows} rows (1..={MAX_ROWS})");
+    assert!(rows >= 1, "matmul_rows: no rows");
     assert_eq!(x.len(), rows * d_in, "matmul_rows: x is not [rows, d_in]");
     assert!(row_stride >= d_in, "matmul_rows: weight rows overlap");
     assert!(w.len() >= d_out.saturating_sub(1) * row_stride + d_in, "matmul_rows: weight storage too short");
     if let Some(b) = bias {
         assert_eq!(b.len(), d_out, "matmul_rows: bias is not [d_out]");
     }
+    // With many row blocks a task's weights must stay in L2 between blocks.
+    let task_outputs = if rows <= MAX_ROWS { TASK_OUTPUTS } else { (L2_BYTES / (d_in * std::mem::size_of::<W>()).max(1)).clamp(8, TASK_OUTPUTS) };
+    // Many rows go in blocks of 6: with two weight rows per pass that is 12 accumulators and
+    // 8 loads per 12 multiply-adds (blocks of 8 take one weight row per pass: 9 per 8).
+    let block_rows = if rows <= MAX_ROWS { rows } else { 6 };
+    let blocks = move || (0..rows).step_by(block_rows).map(move |r0| (r0, (rows - r0).min(block_rows)));
 
-    // Tasks write feature-major blocks `[task outputs, rows]`; transposed to `[rows, d_out]` below
-    // (for one row the layouts coincide).
-    let mut by_feature = vec![0.0f32; d_out * rows];
-    let task = |(t, block): (usize, &mut [f32])| {
-        let n0 = t * TASK_OUTPUTS;
-        let n1 = (n0 + TASK_OUTPUTS).min(d_out);
-        W::kernel(x, rows, d_in, &w[n0 * row_stride..], row_stride, n1 - n0, block);
+    // Each task writes, per row block, a feature-major `[task outputs, block rows]` slab;
+    // rearranged to `[rows, d_out]` below (for one row the layouts coincide).
+    let mut by_task = vec![0.0f32; d_out * rows];
+    let task = |(t, slab): (usize, &mut [f32])| {
+        let n0 = t * task_outputs;
+        let m = slab.len() / rows;
+        let mut at = 0;
+        for (r0, rb) in blocks() {
+            W::kernel(&x[r0 * d_in..(r0 + rb) * d_in], rb, d_in, &w[n0 * row_stride..], row_stride, m, &mut slab[at..at + m * rb]);
+            at += m * rb;
+        }
     };
     #[cfg(not(target_family = "wasm"))]
     {
         use rayon::prelude::*;
-        by_feature.par_chunks_mut(TASK_OUTPUTS * rows).enumerate().for_each(task);
+        by_task.par_chunks_mut(task_outputs * rows).enumerate().for_each(task);
     }
     #[cfg(target_family = "wasm")]
-    by_feature.chunks_mut(TASK_OUTPUTS * rows).enumerate().for_each(task);
+    by_task.chunks_mut(task_outputs * rows).enumerate().for_each(task);
 
     if rows == 1 && bias.is_none() {
-        return by_feature;
+        return by_task;
     }
     let mut out = vec![0.0f32; rows * d_out];
-    for (n, feature) in by_feature.chunks_exact(rows).enumerate() {
-        let b = bias.map_or(0.0, |b| b[n]);
-        for (r, v) in feature.iter().enumerate() {
-            out[r * d_out + n] = v + b;
+    for (t, slab) in by_task.chunks(task_outputs * rows).enumerate() {
+        let n0 = t * task_outputs;
+        let m = slab.len() / rows;
+        let mut at = 0;
+        for (r0, rb) in blocks() {
+            for (n, feature) in slab[at..at + m * rb].chunks_exact(rb).enumerate() {
+                let b = bias.map_or(0.0, |b| b[n0 + n]);
+                for (r, v) in feature.iter().enumerate() {
+                    out[(r0 + r) * d_out + n0 + n] = v + b;
+                }
+            }
+            at += m * rb;
         }
     }
     out
@@ -261,7 +283,7 @@ mod tests {
             let row_stride = d_in + 3;
             let w = values(d_out * row_stride, 7);
             let bias = values(d_out, 99);
-            for rows in 1..=MAX_ROWS {
+            for rows in (1..=MAX_ROWS).chain([9, 20, 50]) {
                 let x = values(rows * d_in, 1 + rows as u32);
                 for b in [None, Some(&bias[..])] {
                     let got = matmul_rows(&x, rows, d_in, &w, row_stride, d_out, b);
