@@ -139,6 +139,13 @@ fn rows_f32(view: &TensorView, file: &str, start: usize, end: usize) -> Result<V
     sub.to_f32(file, "embeddings")
 }
 
+/// Rows `start..end` as checked f32, normalised unless `normalized` (a device chunk or a host copy).
+fn prepared_rows(view: &TensorView, file: &str, start: usize, end: usize, normalized: bool, name: &str) -> Result<Vec<f32>> {
+    let mut rows = rows_f32(view, file, start, end).map_err(|e| mem_err(name, e.to_string()))?;
+    prepare_rows(&mut rows, view.shape[1], start, normalized, name, file)?;
+    Ok(rows)
+}
+
 /// The L2 norm, accumulated in f64 and rounded to f32.
 fn row_norm(row: &[f32]) -> f32 {
     let sq: f64 = row.iter().map(|&x| (x as f64) * (x as f64)).sum();
@@ -310,8 +317,7 @@ impl MemoryBank {
             let mut start = 0;
             while start < n {
                 let end = (start + chunk_rows).min(n);
-                let mut rows = rows_f32(view, file, start, end).map_err(|e| mem_err(name, e.to_string()))?;
-                prepare_rows(&mut rows, dim, start, normalized, name, file)?;
+                let rows = prepared_rows(view, file, start, end, normalized, name)?;
                 chunks.push(Tensor::<2>::from_data(TensorData::new(rows, [end - start, dim]), device));
                 start = end;
             }
@@ -414,13 +420,18 @@ impl MemoryBank {
         Ok(q)
     }
 
+    /// CPU banks: every row's cosine with `query`, on the host.
+    fn host_scores(&self, rows: &HostRows, query: &[f32]) -> Result<Vec<f32>> {
+        Ok(rows.scores(&self.query(query)?, self.dim, self.len()))
+    }
+
     /// Step 1 (device): the cosine of every memory row with `query`, as one `[N]` tensor on the
     /// device. `device` should be the one the bank was loaded on; another works but copies the bank.
     pub fn scores(&self, query: &[f32], device: &Device) -> Result<Tensor<1>> {
         let chunks = match &self.store {
             Store::Device(chunks) => chunks,
             Store::Host(rows) => {
-                let scores = rows.scores(&self.query(query)?, self.dim, self.len());
+                let scores = self.host_scores(rows, query)?;
                 return Ok(Tensor::<1>::from_data(TensorData::new(scores, [self.len()]), device));
             }
         };
@@ -456,7 +467,7 @@ impl MemoryBank {
     /// The `k` memories most similar to the (unnormalised) image embedding `query`.
     pub fn top_k(&self, query: &[f32], k: usize, device: &Device) -> Result<Vec<Hit>> {
         if let Store::Host(rows) = &self.store {
-            return self.select(&rows.scores(&self.query(query)?, self.dim, self.len()), k);
+            return self.select(&self.host_scores(rows, query)?, k);
         }
         let scores = self.scores(query, device)?;
         let data = scores.try_into_data().map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
@@ -515,9 +526,7 @@ impl HostRows {
                 }
                 Ok(Vec::new())
             } else {
-                let mut rows = rows_f32(view, file, first, end).map_err(|e| mem_err(name, e.to_string()))?;
-                prepare_rows(&mut rows, dim, first, normalized, name, file)?;
-                Ok(rows)
+                prepared_rows(view, file, first, end, normalized, name)
             }
         };
         let firsts: Vec<usize> = (0..n).step_by(BLOCK_ROWS).collect();

@@ -1,4 +1,4 @@
-//! Few-row matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)` with `rows` of
+//! Streaming matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)` with `rows` of
 //! any count (blocks of a few rows per pass over the weights).
 //!
 //! A decoding step multiplies a handful of rows (the beams, the parsed captions) by every weight
@@ -13,7 +13,7 @@
 //! store decide when to use it.
 
 /// Rows multiplied together in one pass over the weights (register blocking).
-pub const MAX_ROWS: usize = 8;
+const MAX_ROWS: usize = 8;
 
 /// Output features per parallel task: large enough to amortise scheduling, small enough that two
 /// cores share the vocabulary projections evenly.
@@ -39,7 +39,7 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
 /// `x [rows, d_in]` (row-major, contiguous) times `W [d_in, d_out]` stored output-major: element
 /// `(k, n)` at `w[n * row_stride + k]`, i.e. storage rows are output features (PyTorch
 /// `nn.Linear`'s `[out, in]` through a transposed view, tied embeddings, memory-bank rows).
-/// Returns `[rows, d_out]` row-major. Rows beyond [`MAX_ROWS`] are taken in blocks, each
+/// Returns `[rows, d_out]` row-major. Rows beyond `MAX_ROWS` are taken in blocks, each
 /// task's weights staying in cache across the blocks. Panics if a slice is too short (a caller
 /// bug: callers check the shapes of what they unpack).
 pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {

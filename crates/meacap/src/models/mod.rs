@@ -48,7 +48,7 @@ impl Linear {
 
     /// HF `Conv1D` (GPT-2): `weight` is already `[in, out]`. It is stored transposed (`[out, in]`,
     /// like `nn.Linear`) and used through a view, so every dense layer has one layout: the one
-    /// the CPU's few-row kernel streams ([`project`]).
+    /// the CPU kernel streams ([`project`]).
     pub fn load_conv1d(w: &Weights, d_in: usize, d_out: usize) -> Result<Self> {
         Ok(Self { weight: w.get_transposed("weight", [d_in, d_out])?.transpose(), bias: Some(w.get::<1>("bias", [d_out])?) })
     }
@@ -72,7 +72,7 @@ impl Linear {
 /// [`rowmatmul`], which streams each weight once per block of rows on every core; everything else
 /// (GPUs, long batches) is burn's matmul.
 pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    if let Some(y) = project_few_rows_on_cpu(&x, weight, bias) {
+    if let Some(y) = project_on_cpu(&x, weight, bias) {
         return y;
     }
     let y = x.matmul(weight.clone());
@@ -89,7 +89,7 @@ const CPU_KERNEL_MAX_ROWS: usize = 256;
 
 /// `None` unless every tensor is an f32 flex tensor, `x` has at most [`CPU_KERNEL_MAX_ROWS`] rows
 /// and `weight` is an output-major view (`[out, in]` storage, transposed).
-fn project_few_rows_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
+fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
     use burn::backend::{flex::FlexTensor, Flex};
     use burn::tensor::DType;
 
