@@ -249,6 +249,9 @@ impl Stack {
     }
 }
 
+/// Greedy decoding steps issued between two read-backs of the chosen ids on a GPU.
+const STEPS_PER_READ: usize = 4;
+
 /// Encoder output kept for generation: hidden states and the encoder padding mask.
 #[derive(Clone, Debug)]
 pub struct EncoderOutput {
@@ -399,21 +402,34 @@ impl T5 {
         let mut cache = self.new_cache(&enc);
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut finished = vec![false; b];
-        let mut next: Vec<u32> = vec![start; b];
-        for _ in 1..max_length.max(1) {
-            let step_ids = Tensor::<1, Int>::from_ints(next.iter().map(|&x| x as i64).collect::<Vec<_>>().as_slice(), &device)
-                .reshape([b, 1]);
-            let logits = self.decode_step(step_ids, &enc, &mut cache);
-            let argmax = super::read_i64(logits.reshape([b, self.config.vocab_size]).argmax(1)).await?;
-            for row in 0..b {
-                next[row] = if finished[row] { pad } else { argmax[row] as u32 };
-                if !finished[row] {
-                    out[row].push(next[row]);
-                    finished[row] = next[row] == eos;
-                }
+        // The next ids are chosen on the device (argmax; pad once a row has produced EOS) and
+        // read back every `STEPS_PER_READ` steps on a GPU: a read-back per step would make the
+        // GPU wait for the host to issue each step and the host wait for the GPU. Steps past the
+        // point where every row finished are discarded unread, so the output is the same.
+        let steps_per_read = if super::is_cpu(&device) { 1 } else { STEPS_PER_READ };
+        let mut next = Tensor::<1, Int>::from_ints(vec![start as i64; b].as_slice(), &device);
+        let mut done_on_device = Tensor::<1, Bool>::from_bool(TensorData::new(vec![false; b], [b]), &device);
+        let mut pending: Vec<Tensor<1, Int>> = Vec::new();
+        let steps = max_length.max(1) - 1;
+        for step in 0..steps {
+            let logits = self.decode_step(next.reshape([b, 1]), &enc, &mut cache);
+            next = logits.reshape([b, self.config.vocab_size]).argmax(1).reshape([b]).mask_fill(done_on_device.clone(), pad as i64);
+            done_on_device = done_on_device.bool_or(next.clone().equal_elem(eos as i64));
+            pending.push(next.clone());
+            if pending.len() < steps_per_read && step + 1 < steps {
+                continue;
             }
-            if finished.iter().all(|&f| f) {
-                break;
+            let chosen = super::read_i64(Tensor::cat(std::mem::take(&mut pending), 0)).await?;
+            for ids in chosen.chunks(b) {
+                for row in 0..b {
+                    if !finished[row] {
+                        out[row].push(ids[row] as u32);
+                        finished[row] = ids[row] as u32 == eos;
+                    }
+                }
+                if finished.iter().all(|&f| f) {
+                    return Ok(out);
+                }
             }
         }
         Ok(out)
