@@ -398,23 +398,22 @@ impl T5 {
         let device = self.shared.device();
         let b = ids.len();
         let start = self.config.decoder_start_token_id.unwrap_or(self.config.pad_token_id);
-        let (eos, pad) = (self.config.eos_token_id, self.config.pad_token_id);
+        let eos = self.config.eos_token_id;
         let mut cache = self.new_cache(&enc);
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut finished = vec![false; b];
-        // The next ids are chosen on the device (argmax; pad once a row has produced EOS) and
-        // read back every `STEPS_PER_READ` steps on a GPU: a read-back per step would make the
-        // GPU wait for the host to issue each step and the host wait for the GPU. Steps past the
-        // point where every row finished are discarded unread, so the output is the same.
+        // The next ids are chosen on the device (argmax) and read back every `STEPS_PER_READ`
+        // steps on a GPU: a read-back per step would make the GPU wait for the host to issue each
+        // step and the host wait for the GPU. Steps past the point where every row finished are
+        // discarded unread. A finished row is fed its argmax rather than HF's pad: rows never
+        // interact, and what a row produces after its EOS is dropped, so the output is the same.
         let steps_per_read = if super::is_cpu(&device) { 1 } else { STEPS_PER_READ };
         let mut next = Tensor::<1, Int>::from_ints(vec![start as i64; b].as_slice(), &device);
-        let mut done_on_device = Tensor::<1, Bool>::from_bool(TensorData::new(vec![false; b], [b]), &device);
         let mut pending: Vec<Tensor<1, Int>> = Vec::new();
         let steps = max_length.max(1) - 1;
         for step in 0..steps {
             let logits = self.decode_step(next.reshape([b, 1]), &enc, &mut cache);
-            next = logits.reshape([b, self.config.vocab_size]).argmax(1).reshape([b]).mask_fill(done_on_device.clone(), pad as i64);
-            done_on_device = done_on_device.bool_or(next.clone().equal_elem(eos as i64));
+            next = logits.reshape([b, self.config.vocab_size]).argmax(1).reshape([b]);
             pending.push(next.clone());
             if pending.len() < steps_per_read && step + 1 < steps {
                 continue;
