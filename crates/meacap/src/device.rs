@@ -97,23 +97,29 @@ fn init_error(e: impl fmt::Display) -> Error {
     Error::Device(format!("no wgpu adapter could be opened: {e}"))
 }
 
-/// burn's fusion optimisation that this crate turns off on GPUs (see [`configure_fusion`]).
-const SLOW_FUSION: &str = "ReduceBroadcasted";
-
-/// Turns off burn's "reduce-broadcasted" fusion before the first GPU tensor operation. It fuses
-/// a reduction with the arithmetic that broadcasts its result back and a second reduction
-/// (LayerNorm: mean → centre → variance → scale) into one kernel that reduces each row on a
-/// single GPU thread: 0.2-0.3 ms for the five rows of a decoding step on an H200, over half of a
-/// GPT-2 step. Without it the same operations fuse into ordinary parallel reductions and
-/// elementwise kernels. The registry only changes before burn's fusion service starts; if a
-/// device was opened earlier in the process, the setting stays as it was.
-fn configure_fusion() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Err(e) = burn_cubecl::fusion::remove(SLOW_FUSION) {
-            tracing::debug!("burn fusion settings unchanged: {e}");
-        }
-    });
+/// Settles CubeCL's autotune level before the first GPU kernel, unless `CUBECL_AUTOTUNE_LEVEL` says
+/// otherwise. The default level (`balanced`) stops trying candidate kernels once one comes close
+/// to the device's roofline, which it first has to measure: ~8 s of probe kernels on an H200 at
+/// every process start (burn's on-disk caches are off in this build). `full` needs no roofline:
+/// on the H200 the first caption took 12 s instead of 42 s, later ones as fast (see
+/// docs/benchmarks.md). A `cubecl.toml` is still read; only the level is set.
+fn configure_gpu_runtime() {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use burn_cubecl::cubecl::config::{autotune::AutotuneLevel, CubeClRuntimeConfig, RuntimeConfig};
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            if std::env::var_os("CUBECL_AUTOTUNE_LEVEL").is_some() {
+                return;
+            }
+            let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+            config.autotune.level = AutotuneLevel::Full;
+            // Fails only when CubeCL already read its configuration: then it stays as it was.
+            if !CubeClRuntimeConfig::try_set(config) {
+                tracing::debug!("CubeCL configuration already loaded; autotune level unchanged");
+            }
+        });
+    }
 }
 
 #[cfg(not(target_family = "wasm"))]
@@ -123,7 +129,7 @@ static WGPU: std::sync::OnceLock<std::result::Result<(Device, AdapterInfo), Stri
 #[cfg(not(target_family = "wasm"))]
 pub fn wgpu_device() -> Result<(Device, AdapterInfo)> {
     WGPU.get_or_init(|| {
-        configure_fusion();
+        configure_gpu_runtime();
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| format!("{e}"))?;
         Ok((device, AdapterInfo::of(&setup)))
     })
@@ -134,7 +140,7 @@ pub fn wgpu_device() -> Result<(Device, AdapterInfo)> {
 /// Opens the default wgpu adapter asynchronously (the only way in a browser, where it is WebGPU).
 /// burn's runtime can be initialised once: callers keep the result.
 pub async fn open_wgpu_async() -> Result<(Device, AdapterInfo)> {
-    configure_fusion();
+    configure_gpu_runtime();
     let (device, setup) = Device::wgpu_options().init_with_setup_async().await.map_err(init_error)?;
     Ok((device, AdapterInfo::of(&setup)))
 }
@@ -156,11 +162,3 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_fusion_turned_off_exists_in_this_burn() {
-        // `remove` ignores unknown names: a rename in burn would silently bring the kernel back.
-        assert!(burn_cubecl::fusion::BUILTIN_NAMES.contains(&super::SLOW_FUSION));
-    }
-}
