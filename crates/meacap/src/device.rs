@@ -98,11 +98,11 @@ fn init_error(e: impl fmt::Display) -> Error {
 }
 
 /// Settles CubeCL's autotune level before the first GPU kernel, unless `CUBECL_AUTOTUNE_LEVEL` says
-/// otherwise. The default level (`balanced`) stops trying candidate kernels once one comes close
-/// to the device's roofline, which it first has to measure: ~8 s of probe kernels on an H200 at
-/// every process start (burn's on-disk caches are off in this build). `full` needs no roofline:
-/// on the H200 the first caption took 12 s instead of 42 s, later ones as fast (see
-/// docs/benchmarks.md). A `cubecl.toml` is still read; only the level is set.
+/// otherwise. Below `full`, autotune stops trying candidate kernels once one comes close to the
+/// device's roofline, which it first measures with probe kernels at every process start (burn's
+/// on-disk caches are off in this build): ~8 s of GPU time on an H200, ~27 s on lavapipe. `full`
+/// skips the probes; steady-state speed was the same (docs/benchmarks.md). A `cubecl.toml` is
+/// still read; only the level is set.
 fn configure_gpu_runtime() {
     #[cfg(not(target_family = "wasm"))]
     {
