@@ -93,6 +93,11 @@ impl AdapterInfo {
     }
 }
 
+/// Whether `device` is the CPU backend (burn flex).
+pub(crate) fn is_cpu(device: &Device) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+}
+
 fn init_error(e: impl fmt::Display) -> Error {
     Error::Device(format!("no wgpu adapter could be opened: {e}"))
 }
@@ -161,4 +166,3 @@ pub fn select(choice: DeviceChoice) -> Result<SelectedDevice> {
         },
     }
 }
-

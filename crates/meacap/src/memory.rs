@@ -310,7 +310,7 @@ impl MemoryBank {
         // normalised here in f32, as the original does on every query.
         let normalized = normalized && view.dtype == DType::F32;
         let chunk_rows = options.chunk_rows(dim);
-        let store = if crate::models::is_cpu(device) {
+        let store = if crate::device::is_cpu(device) {
             Store::Host(HostRows::new(view, file, normalized, name)?)
         } else {
             let mut chunks = Vec::with_capacity(n.div_ceil(chunk_rows));

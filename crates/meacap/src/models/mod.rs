@@ -127,11 +127,6 @@ fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [rows, d_out]))))
 }
 
-/// Whether `device` is the CPU backend (burn flex).
-pub(crate) fn is_cpu(device: &Device) -> bool {
-    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
-}
-
 /// LayerNorm over the last dimension (biased variance, as PyTorch).
 #[derive(Clone, Debug)]
 pub struct LayerNorm {

@@ -379,10 +379,9 @@ impl T5 {
     }
 
     /// Batched greedy generation as HF `generate(num_beams=1, max_length)`: decoding starts from
-    /// `decoder_start_token_id` (else pad), finished rows are padded with pad, and it stops when
-    /// every row has produced EOS or the decoder sequence reaches `max_length` positions (the start
-    /// token included). Returns the generated ids per row, start token excluded, up to and
-    /// including EOS when produced.
+    /// `decoder_start_token_id` (else pad) and stops when every row has produced EOS or the
+    /// decoder sequence reaches `max_length` positions (the start token included). Returns the
+    /// generated ids per row, start token excluded, up to and including EOS when produced.
     pub fn generate_greedy(&self, ids: &[Vec<u32>], attention_mask: &[Vec<u32>], max_length: usize) -> Result<Vec<Vec<u32>>> {
         crate::device::block_on(self.generate_greedy_async(ids, attention_mask, max_length))
     }
@@ -407,7 +406,7 @@ impl T5 {
         // step and the host wait for the GPU. Steps past the point where every row finished are
         // discarded unread. A finished row is fed its argmax rather than HF's pad: rows never
         // interact, and what a row produces after its EOS is dropped, so the output is the same.
-        let steps_per_read = if super::is_cpu(&device) { 1 } else { STEPS_PER_READ };
+        let steps_per_read = if crate::device::is_cpu(&device) { 1 } else { STEPS_PER_READ };
         let mut next = Tensor::<1, Int>::from_ints(vec![start as i64; b].as_slice(), &device);
         let mut pending: Vec<Tensor<1, Int>> = Vec::new();
         let steps = max_length.max(1) - 1;
