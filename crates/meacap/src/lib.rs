@@ -5,6 +5,7 @@
 //! native folder, the Hugging Face cache and files held by a browser. It opens no file by path,
 //! no socket and no window.
 
+pub mod activations;
 pub mod concepts;
 pub mod device;
 pub mod error;

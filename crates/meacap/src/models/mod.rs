@@ -12,6 +12,7 @@ pub mod viecap;
 use burn::prelude::*;
 use burn::tensor::activation;
 
+use crate::activations;
 use crate::error::{Error, Result};
 use crate::rowmatmul;
 use crate::weights::Weights;
@@ -67,10 +68,9 @@ impl Linear {
     }
 }
 
-/// `x [rows, d_in] · weight [d_in, d_out] (+ bias)`. On the CPU backend, up to
-/// [`CPU_KERNEL_MAX_ROWS`] rows (a decoding step's few, one image's 50 tokens) go through
-/// [`rowmatmul`], which streams each weight once per block of rows on every core; everything else
-/// (GPUs, long batches) is burn's matmul.
+/// `x [rows, d_in] · weight [d_in, d_out] (+ bias)`. On the CPU backend it is [`rowmatmul`]
+/// (weights streamed once for a decoding step's few rows, a register-tiled kernel for many);
+/// on GPUs burn's matmul.
 pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     if let Some(y) = project_on_cpu(&x, weight, bias) {
         return y;
@@ -82,33 +82,25 @@ pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>
     }
 }
 
-/// Up to this many rows the CPU kernel beats burn flex's GEMM (measured on 2 cores: ~90 GFLOP/s
-/// at 50-100 rows against ~30 through flex); beyond it (CLIP's memory-build batches) GEMM's
-/// packing pays off.
-const CPU_KERNEL_MAX_ROWS: usize = 256;
-
-/// `None` unless every tensor is an f32 flex tensor, `x` has at most [`CPU_KERNEL_MAX_ROWS`] rows
-/// and `weight` is an output-major view (`[out, in]` storage, transposed).
+/// `None` unless every tensor is an f32 flex tensor and `weight` is an output-major view
+/// (`[out, in]` storage, transposed).
 fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Option<Tensor<2>> {
     use burn::backend::{flex::FlexTensor, Flex};
-    use burn::tensor::DType;
 
     let [rows, d_in] = x.dims();
     let [_, d_out] = weight.dims();
-    if rows == 0 || rows > CPU_KERNEL_MAX_ROWS {
+    if rows == 0 {
         return None;
     }
-    let flex_f32 = |t: FlexTensor| (t.dtype() == DType::F32).then_some(t);
-    let w = flex_f32(weight.clone().try_into_primitive::<Flex>().ok()?)?;
+    let w = flex_f32(weight)?;
     let (strides, offset) = (w.layout().strides(), w.layout().start_offset());
     let row_stride = usize::try_from(strides[1]).ok()?;
     if strides[0] != 1 || (row_stride < d_in && d_out > 1) {
         return None;
     }
-    let x = flex_f32(x.clone().try_into_primitive::<Flex>().ok()?)?;
-    let x = if x.is_contiguous() { x } else { x.to_contiguous() };
+    let x = flex_f32_contiguous(x)?;
     let bias = match bias {
-        Some(b) => Some(flex_f32(b.clone().try_into_primitive::<Flex>().ok()?)?),
+        Some(b) => Some(flex_f32(b)?),
         None => None,
     };
     let bias = match &bias {
@@ -125,6 +117,28 @@ fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -
         bias,
     );
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [rows, d_out]))))
+}
+
+/// The CPU backend's tensor behind `x` when it is an f32 flex tensor (`None` on GPUs and for
+/// other dtypes, which take burn's ops).
+fn flex_f32<const D: usize>(x: &Tensor<D>) -> Option<burn::backend::flex::FlexTensor> {
+    let t = x.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    (t.dtype() == burn::tensor::DType::F32).then_some(t)
+}
+
+/// [`flex_f32`], laid out contiguously (a copy only for views).
+fn flex_f32_contiguous<const D: usize>(x: &Tensor<D>) -> Option<burn::backend::flex::FlexTensor> {
+    let t = flex_f32(x)?;
+    Some(if t.is_contiguous() { t } else { t.to_contiguous() })
+}
+
+/// An elementwise function from [`activations`] applied on the host when `x` is on the CPU
+/// backend; `None` elsewhere.
+fn map_on_cpu<const D: usize>(x: &Tensor<D>, f: fn(&[f32]) -> Vec<f32>) -> Option<Tensor<D>> {
+    use burn::backend::{flex::FlexTensor, Flex};
+    let t = flex_f32_contiguous(x)?;
+    let y = f(t.as_slice::<f32>()?);
+    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, x.dims()))))
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).
@@ -237,14 +251,20 @@ pub fn padding_mask(mask: &[Vec<u32>], device: &Device) -> Tensor<4> {
     Tensor::<1>::from_floats(data.as_slice(), device).reshape([b, 1, 1, t])
 }
 
-/// QuickGELU (CLIP): `x * sigmoid(1.702 x)`.
+/// QuickGELU (CLIP): `x * sigmoid(1.702 x)` (vectorised on the CPU: [`activations`]).
 pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(y) = map_on_cpu(&x, activations::quick_gelu) {
+        return y;
+    }
     x.clone() * activation::sigmoid(x * 1.702)
 }
 
 /// tanh-approximate GELU (`gelu_new`, GPT-2 and T5 v1.1). `x*x*x` rather than `powf(3)`: a
 /// float power of a negative base is undefined on some GPU backends.
 pub fn gelu_new<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if let Some(y) = map_on_cpu(&x, activations::gelu_tanh) {
+        return y;
+    }
     const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
     let cube = x.clone() * x.clone() * x.clone();
     let inner = (x.clone() + cube * 0.044715) * SQRT_2_OVER_PI;

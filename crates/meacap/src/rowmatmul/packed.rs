@@ -1,0 +1,276 @@
+//! The many-rows case: a register-tiled GEMM (the BLIS scheme) for encoder passes.
+//!
+//! With tens of rows every weight is used tens of times, so the work is arithmetic, not memory
+//! traffic. `x` is repacked into panels of [`MR`] rows stored k-major (`[k][MR]`), each task's
+//! slice of the weights into panels of [`NR`] output features (`[k][NR]`), and a micro-kernel
+//! keeps an `MR x NR` tile of outputs in registers (AVX2: 12 accumulators, 2 weight loads and 6
+//! broadcasts per 12 FMAs) while it walks `k`. The depth is cut into [`KC`]-long slices so a
+//! weight panel slice and the row panels it meets stay in L1.
+//!
+//! Every output is one sum over `k` in increasing order, accumulated in one place (carried
+//! through memory between depth slices), so the result depends neither on the thread count nor
+//! on how rows are blocked.
+
+use super::WeightElem;
+
+/// Rows per register tile.
+const MR: usize = 6;
+/// Output features per register tile (two AVX2 vectors).
+const NR: usize = 16;
+/// Depth slice: a `[KC][NR]` weight panel slice is 16 KiB.
+const KC: usize = 256;
+/// Rows per pass over a task's packed weights: their packed slices (`KC x 120` floats,
+/// 120 KiB) stay in L2 while every weight panel of the task meets them.
+const ROW_CHUNK: usize = 120;
+/// Packed weight bytes per task: half a typical 512 KiB L2 (the row slices take most of the rest).
+const TASK_BYTES: usize = 256 << 10;
+
+/// See [`super::matmul_rows`]; same arguments and result.
+pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    if d_out == 0 {
+        return Vec::new();
+    }
+    let row_panels = rows.div_ceil(MR);
+    let x_packed = pack_rows(x, rows, d_in);
+    // Output features per task, in whole panels: as many as fit TASK_BYTES, at least one panel.
+    let task_panels = (TASK_BYTES / (d_in * NR * 4).max(1)).clamp(1, d_out.div_ceil(NR));
+    let task_outputs = task_panels * NR;
+    let tasks = d_out.div_ceil(task_outputs);
+
+    // Each task fills its own slab of whole `[MR][NR]` tiles, row chunk by row chunk (the tiles a
+    // chunk updates are contiguous, so they stay in cache across depth slices); scattered to the
+    // row-major result (with the bias) afterwards.
+    let chunk_panels = ROW_CHUNK / MR;
+    let tile_at = move |panels: usize, p: usize, rp: usize| {
+        let r0 = rp - rp % chunk_panels;
+        let in_chunk = (row_panels - r0).min(chunk_panels);
+        (r0 * panels + p * in_chunk + rp - r0) * MR * NR
+    };
+    let slab_len = task_panels * row_panels * MR * NR;
+    let mut slabs = vec![0.0f32; tasks * slab_len];
+    let task = |(t, slab): (usize, &mut [f32])| {
+        let n0 = t * task_outputs;
+        let panels = (d_out - n0).min(task_outputs).div_ceil(NR);
+        PACKED_WEIGHTS.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let w_packed = pack_weights(&mut buf, w, row_stride, d_in, n0, panels, d_out);
+            for r0 in (0..row_panels).step_by(chunk_panels) {
+                let r1 = (r0 + chunk_panels).min(row_panels);
+                for k0 in (0..d_in).step_by(KC) {
+                    let kc = (d_in - k0).min(KC);
+                    for p in 0..panels {
+                        let wp = &w_packed[(p * d_in + k0) * NR..(p * d_in + k0 + kc) * NR];
+                        for rp in r0..r1 {
+                            let xp = &x_packed[(rp * d_in + k0) * MR..(rp * d_in + k0 + kc) * MR];
+                            tile_kernel(xp, wp, &mut slab[tile_at(panels, p, rp)..][..MR * NR], k0 == 0);
+                        }
+                    }
+                }
+            }
+        });
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        slabs.par_chunks_mut(slab_len).enumerate().for_each(task);
+    }
+    #[cfg(target_family = "wasm")]
+    slabs.chunks_mut(slab_len).enumerate().for_each(task);
+
+    let mut out = vec![0.0f32; rows * d_out];
+    let gather = |(r, out_row): (usize, &mut [f32])| {
+        for (t, slab) in slabs.chunks(slab_len).enumerate() {
+            let n0 = t * task_outputs;
+            let width = (d_out - n0).min(task_outputs);
+            let panels = width.div_ceil(NR);
+            for p in 0..panels {
+                let tile_row = &slab[tile_at(panels, p, r / MR) + (r % MR) * NR..][..NR];
+                let (j0, j1) = (n0 + p * NR, (n0 + p * NR + NR).min(n0 + width));
+                match bias {
+                    Some(b) => out_row[j0..j1].iter_mut().zip(tile_row).zip(&b[j0..j1]).for_each(|((o, v), b)| *o = v + b),
+                    None => out_row[j0..j1].copy_from_slice(&tile_row[..j1 - j0]),
+                }
+            }
+        }
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        out.par_chunks_mut(d_out).enumerate().for_each(gather);
+    }
+    #[cfg(target_family = "wasm")]
+    out.chunks_mut(d_out).enumerate().for_each(gather);
+    out
+}
+
+thread_local! {
+    /// Each worker's packed weights, reused between calls (a fresh quarter-megabyte buffer per
+    /// task would be page faults, not arithmetic).
+    static PACKED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `x [rows, d_in]` → `[row panel][k][MR]`, the last panel padded with zero rows.
+fn pack_rows(x: &[f32], rows: usize, d_in: usize) -> Vec<f32> {
+    let mut packed = vec![0.0f32; rows.div_ceil(MR) * d_in * MR];
+    let pack = |(rp, panel): (usize, &mut [f32])| {
+        for (i, row) in x[rp * MR * d_in..(rp * MR + MR).min(rows) * d_in].chunks_exact(d_in).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                panel[k * MR + i] = v;
+            }
+        }
+    };
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        packed.par_chunks_mut(d_in * MR).enumerate().for_each(pack);
+    }
+    #[cfg(target_family = "wasm")]
+    packed.chunks_mut(d_in * MR).enumerate().for_each(pack);
+    packed
+}
+
+/// Output features `n0 .. n0 + panels * NR` of the output-major weights → `[panel][k][NR]` as
+/// f32, features past `d_out` as zeros.
+fn pack_weights<'a, W: WeightElem>(buf: &'a mut Vec<f32>, w: &[W], row_stride: usize, d_in: usize, n0: usize, panels: usize, d_out: usize) -> &'a [f32] {
+    let len = panels * d_in * NR;
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    for p in 0..panels {
+        let first = n0 + p * NR;
+        let features = (d_out - first).min(NR);
+        W::pack_panel(&w[first * row_stride..], row_stride, d_in, features, &mut buf[p * d_in * NR..(p + 1) * d_in * NR]);
+    }
+    &buf[..len]
+}
+
+/// Scalar panel packing: `panel[k * NR + j] = w[j * row_stride + k]` for `j < features`, zero for
+/// the rest.
+pub(super) fn pack_panel_portable<W: WeightElem>(w: &[W], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
+    for j in 0..NR {
+        if j < features {
+            for (k, v) in w[j * row_stride..j * row_stride + d_in].iter().enumerate() {
+                panel[k * NR + j] = v.to_f32();
+            }
+        } else {
+            for k in 0..d_in {
+                panel[k * NR + j] = 0.0;
+            }
+        }
+    }
+}
+
+/// [`pack_panel_portable`] for f32 with AVX2: 8 x 8 blocks transposed in registers (the scalar
+/// form spends ~3 cycles per weight on scattered stores, as much as the arithmetic at 10 rows).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn pack_panel_avx2_f32(w: &[f32], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    if features < NR {
+        return pack_panel_portable(w, row_stride, d_in, features, panel);
+    }
+    assert!(w.len() >= (NR - 1) * row_stride + d_in && panel.len() >= d_in * NR, "pack_panel: slice lengths");
+    let body = d_in - d_in % 8;
+    let (src, dst) = (w.as_ptr(), panel.as_mut_ptr());
+    for half in 0..NR / 8 {
+        let mut k = 0;
+        while k < body {
+            // SAFETY: rows half*8 .. half*8 + 8 < NR = features are within `w`, k + 8 <= d_in,
+            // and the stores land in panel[(k + i) * NR + half * 8 ..][..8], i < 8 (asserted above).
+            unsafe {
+                let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add((half * 8 + i) * row_stride + k)));
+                let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+                let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+                let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+                let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+                let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+                let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+                let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+                let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+                let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let columns = [
+                    _mm256_permute2f128_ps::<0x20>(s0, s4),
+                    _mm256_permute2f128_ps::<0x20>(s1, s5),
+                    _mm256_permute2f128_ps::<0x20>(s2, s6),
+                    _mm256_permute2f128_ps::<0x20>(s3, s7),
+                    _mm256_permute2f128_ps::<0x31>(s0, s4),
+                    _mm256_permute2f128_ps::<0x31>(s1, s5),
+                    _mm256_permute2f128_ps::<0x31>(s2, s6),
+                    _mm256_permute2f128_ps::<0x31>(s3, s7),
+                ];
+                for (i, c) in columns.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((k + i) * NR + half * 8), *c);
+                }
+            }
+            k += 8;
+        }
+    }
+    for k in body..d_in {
+        for j in 0..NR {
+            panel[k * NR + j] = w[j * row_stride + k];
+        }
+    }
+}
+
+/// `tile [MR][NR] (+)= xp [kc][MR]ᵀ · wp [kc][NR]`; starts from zero when `first`.
+fn tile_kernel(xp: &[f32], wp: &[f32], tile: &mut [f32], first: bool) {
+    let kc = wp.len() / NR;
+    assert!(xp.len() == kc * MR && tile.len() == MR * NR, "tile_kernel: slice lengths");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); lengths checked above.
+        return unsafe { tile_avx2(xp, wp, tile, first, kc) };
+    }
+    let mut acc = [[0.0f32; NR]; MR];
+    if !first {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            acc.copy_from_slice(&tile[r * NR..(r + 1) * NR]);
+        }
+    }
+    for (xk, wk) in xp.chunks_exact(MR).zip(wp.chunks_exact(NR)) {
+        for (acc, &xv) in acc.iter_mut().zip(xk) {
+            for (a, &wv) in acc.iter_mut().zip(wk) {
+                *a += xv * wv;
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        tile[r * NR..(r + 1) * NR].copy_from_slice(acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(xp: &[f32], wp: &[f32], tile: &mut [f32], first: bool, kc: usize) {
+    use std::arch::x86_64::*;
+    let (x, w, c) = (xp.as_ptr(), wp.as_ptr(), tile.as_mut_ptr());
+    // SAFETY (all pointer reads and writes): xp holds kc * MR floats, wp kc * NR, tile MR * NR
+    // (checked by the caller).
+    unsafe {
+        let mut acc: [[__m256; 2]; MR] = if first {
+            [[_mm256_setzero_ps(); 2]; MR]
+        } else {
+            std::array::from_fn(|r| [_mm256_loadu_ps(c.add(r * NR)), _mm256_loadu_ps(c.add(r * NR + 8))])
+        };
+        for k in 0..kc {
+            let w0 = _mm256_loadu_ps(w.add(k * NR));
+            let w1 = _mm256_loadu_ps(w.add(k * NR + 8));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let xv = _mm256_broadcast_ss(&*x.add(k * MR + r));
+                acc[0] = _mm256_fmadd_ps(xv, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(xv, w1, acc[1]);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * NR), acc[0]);
+            _mm256_storeu_ps(c.add(r * NR + 8), acc[1]);
+        }
+    }
+}
