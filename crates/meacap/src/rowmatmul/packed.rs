@@ -113,9 +113,20 @@ thread_local! {
 fn pack_rows(x: &[f32], rows: usize, d_in: usize) -> Vec<f32> {
     let mut packed = vec![0.0f32; rows.div_ceil(MR) * d_in * MR];
     let pack = |(rp, panel): (usize, &mut [f32])| {
-        for (i, row) in x[rp * MR * d_in..(rp * MR + MR).min(rows) * d_in].chunks_exact(d_in).enumerate() {
-            for (k, &v) in row.iter().enumerate() {
-                panel[k * MR + i] = v;
+        let block = &x[rp * MR * d_in..(rp * MR + MR).min(rows) * d_in];
+        if block.len() == MR * d_in {
+            // Whole panel: contiguous writes, six sequential reads.
+            let r: [&[f32]; MR] = std::array::from_fn(|i| &block[i * d_in..(i + 1) * d_in]);
+            for (k, column) in panel.chunks_exact_mut(MR).enumerate() {
+                for (c, row) in column.iter_mut().zip(&r) {
+                    *c = row[k];
+                }
+            }
+        } else {
+            for (i, row) in block.chunks_exact(d_in).enumerate() {
+                for (k, &v) in row.iter().enumerate() {
+                    panel[k * MR + i] = v;
+                }
             }
         }
     };
