@@ -29,9 +29,9 @@ const TASK_OUTPUTS: usize = 256;
 /// Weight bytes per task when several row blocks reuse them (half a typical L2).
 const L2_BYTES: usize = 256 << 10;
 const LANES: usize = 8;
-/// How far ahead of the weights being read to prefetch. With several rows of x the kernel
-/// spends longer on each weight line, and the hardware prefetcher alone falls behind (measured:
-/// 5 rows x T5's lm_head went from ~9 to ~14 GB/s).
+/// How far ahead of the weights being read to prefetch: the hardware prefetcher alone falls
+/// behind (measured: 5 rows x T5's lm_head went from ~9 to ~14 GB/s; 1 query over a 3.3 M x 512
+/// f16 memory from ~11 to ~13.5 GB/s, 285-320 ms to 235-250 ms).
 #[cfg(target_arch = "x86_64")]
 const PREFETCH_BYTES: usize = 8192;
 
@@ -250,10 +250,8 @@ macro_rules! rows_avx2 {
                 // every row of x.
                 unsafe {
                     let wv: [__m256; G] = std::array::from_fn(|g| $load(wrows[g].as_ptr().add(k)));
-                    if R > 1 {
-                        for row in &wrows {
-                            _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(k).cast::<i8>().wrapping_add(PREFETCH_BYTES));
-                        }
+                    for row in &wrows {
+                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(k).cast::<i8>().wrapping_add(PREFETCH_BYTES));
                     }
                     for r in 0..R {
                         let xv = _mm256_loadu_ps(xp.add(r * d_in + k));
