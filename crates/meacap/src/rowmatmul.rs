@@ -73,7 +73,7 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
     // 3 tasks on 2 cores, one core idle for a third of the time (measured: 5 rows x 768 x 768
     // streamed at 11.8 GB/s against 14-15 for wider layers).
     let tasks = d_out.div_ceil(max_outputs).max(4 * threads());
-    let task_outputs = d_out.div_ceil(tasks).next_multiple_of(8).min(max_outputs);
+    let task_outputs = d_out.div_ceil(tasks).next_multiple_of(8).clamp(8, max_outputs);
     // Many rows go in blocks of 6: with two weight rows per pass that is 12 accumulators and
     // 8 loads per 12 multiply-adds (blocks of 8 take one weight row per pass: 9 per 8).
     let block_rows = if rows <= MAX_ROWS { rows } else { 6 };
@@ -337,6 +337,13 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn no_output_features_is_an_empty_result() {
+        for rows in [3, PACKED_MIN_ROWS + 1] {
+            assert!(matmul_rows(&values(rows * 4, 5), rows, 4, &values(4, 6), 4, 0, None).is_empty());
         }
     }
 
