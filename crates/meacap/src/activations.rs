@@ -1,10 +1,10 @@
 //! Activation functions for the CPU backend, written so the compiler vectorises them.
 //!
-//! burn flex evaluates `tanh` and `sigmoid` one element at a time through libm (`tanhf` calls
-//! `expm1f`); perf put that at ~7 % of a GPT-2 beam search and of the T5 parse. Here every
-//! activation goes through one branch-free `exp` (Cephes' `expf` polynomial, relative error
-//! ≤ 2e-7 over the whole range) in loops the compiler turns into AVX2 (chosen at run time) or
-//! wasm simd128 code.
+//! burn flex evaluates `tanh`, `sigmoid` and `erf` one element at a time through libm (`tanhf`
+//! calls `expm1f`); perf put that at ~7 % of a GPT-2 beam search and of the T5 parse, ~5 % of
+//! MiniLM. Here every activation goes through one branch-free `exp` (Cephes' `expf` polynomial,
+//! relative error ≤ 2e-7 over the whole range) in loops the compiler turns into AVX2 (chosen at
+//! run time) or wasm simd128 code.
 //!
 //! Pure slices in, `Vec` out, like [`crate::rowmatmul`]: `models::Activation` decides when to use
 //! them. Each is the reference formula rewritten exactly (no approximation beyond `exp`'s
@@ -46,6 +46,31 @@ pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
 /// QuickGELU (CLIP): `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: &[f32]) -> Vec<f32> {
     map(x, |v| v * sigmoid(1.702 * v))
+}
+
+/// Exact GELU (`gelu`: BERT/MiniLM), `0.5 x (1 + erf(x / sqrt 2))`, written with
+/// `erfc(|x| / sqrt 2)` so neither tail cancels: `x (1 - erfc/2)` for x >= 0, `x erfc/2` below.
+/// erfc is the Numerical Recipes Chebyshev fit (relative error < 1.2e-7 for every argument).
+pub fn gelu_erf(x: &[f32]) -> Vec<f32> {
+    map(x, |v| {
+        let half_erfc = 0.5 * erfc_abs(v * std::f32::consts::FRAC_1_SQRT_2);
+        v * if v >= 0.0 { 1.0 - half_erfc } else { half_erfc }
+    })
+}
+
+/// `erfc(|z|)`, branch-free.
+#[inline(always)]
+fn erfc_abs(z: f32) -> f32 {
+    let z = z.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.265_512_2
+        + t * (1.000_023_7
+            + t * (0.374_091_96
+                + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    // exp(-z^2) split as exp(-s^2) exp((s - z)(s + z)) with s = z cut to 12 significant bits, so s^2
+    // is exact: rounding z^2 itself would cost ~4e-6 relative at z = 8.
+    let s = f32::from_bits(z.to_bits() & 0xffff_f000);
+    t * exp(-s * s) * exp((s - z) * (s + z) + p)
 }
 
 /// `f` over every element, in chunks the compiler vectorises (AVX2 + FMA when the CPU has them).
@@ -122,6 +147,14 @@ mod tests {
             let v64 = v as f64;
             let want = 0.5 * v64 * (1.0 + (0.797_884_560_802_865_4 * (v64 + 0.044715 * v64.powi(3))).tanh());
             assert!((tanh_form[i] as f64 - want).abs() <= 1e-6 * v64.abs().max(1e-3), "gelu_tanh({v}) = {} vs {want}", tanh_form[i]);
+        }
+        // Exact GELU against f64 erfc at the f32-rounded argument (see above), relative with a
+        // tiny absolute floor: below x = -13 the result underflows.
+        let exact = gelu_erf(&x);
+        for (i, &v) in x.iter().enumerate() {
+            let z = (v * std::f32::consts::FRAC_1_SQRT_2) as f64;
+            let want = 0.5 * v as f64 * libm::erfc(-z);
+            assert!((exact[i] as f64 - want).abs() <= 5e-7 * want.abs() + 1e-37, "gelu_erf({v}) = {} vs {want}", exact[i]);
         }
         assert!(gelu_tanh(&[f32::NAN])[0].is_nan());
         assert!(gelu_tanh(&[]).is_empty());

@@ -286,7 +286,7 @@ pub enum Activation {
 impl Activation {
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Gelu => activation::gelu(x),
+            Activation::Gelu => map_on_cpu(&x, activations::gelu_erf).unwrap_or_else(|| activation::gelu(x)),
             Activation::GeluNew | Activation::GeluFast => gelu_new(x),
             Activation::QuickGelu => quick_gelu(x),
             Activation::Relu => activation::relu(x),
