@@ -91,13 +91,7 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
             at += m * rb;
         }
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        by_task.par_chunks_mut(task_outputs * rows).enumerate().for_each(task);
-    }
-    #[cfg(target_family = "wasm")]
-    by_task.chunks_mut(task_outputs * rows).enumerate().for_each(task);
+    for_each_chunk(&mut by_task, task_outputs * rows, task);
 
     if rows == 1 && bias.is_none() {
         return by_task;
@@ -121,6 +115,18 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
 }
 
 mod packed;
+
+/// `f((i, chunk))` for each `len`-long chunk of `data`: on rayon's workers natively, in order on
+/// wasm (no threads there).
+fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn((usize, &mut [f32])) + Send + Sync) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(len).enumerate().for_each(f);
+    }
+    #[cfg(target_family = "wasm")]
+    data.chunks_mut(len).enumerate().for_each(f);
+}
 
 /// Worker threads the kernels split their outputs between.
 fn threads() -> usize {

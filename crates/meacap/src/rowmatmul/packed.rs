@@ -69,13 +69,7 @@ pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W]
             }
         });
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        slabs.par_chunks_mut(slab_len).enumerate().for_each(task);
-    }
-    #[cfg(target_family = "wasm")]
-    slabs.chunks_mut(slab_len).enumerate().for_each(task);
+    super::for_each_chunk(&mut slabs, slab_len, task);
 
     let mut out = vec![0.0f32; rows * d_out];
     let gather = |(r, out_row): (usize, &mut [f32])| {
@@ -93,13 +87,7 @@ pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W]
             }
         }
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        out.par_chunks_mut(d_out).enumerate().for_each(gather);
-    }
-    #[cfg(target_family = "wasm")]
-    out.chunks_mut(d_out).enumerate().for_each(gather);
+    super::for_each_chunk(&mut out, d_out, gather);
     out
 }
 
@@ -130,13 +118,7 @@ fn pack_rows(x: &[f32], rows: usize, d_in: usize) -> Vec<f32> {
             }
         }
     };
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        packed.par_chunks_mut(d_in * MR).enumerate().for_each(pack);
-    }
-    #[cfg(target_family = "wasm")]
-    packed.chunks_mut(d_in * MR).enumerate().for_each(pack);
+    super::for_each_chunk(&mut packed, d_in * MR, pack);
     packed
 }
 
