@@ -6,7 +6,7 @@
 //! relative error ≤ 2e-7 over the whole range) in loops the compiler turns into AVX2 (chosen at
 //! run time) or wasm simd128 code.
 //!
-//! Pure slices in, `Vec` out, like [`crate::rowmatmul`]: `models::Activation` decides when to use
+//! In place on plain slices (no tensor types here): `models::Activation` decides when to use
 //! them. Each is the reference formula rewritten exactly, apart from `exp`'s rounding and (exact
 //! GELU) erfc's 1.2e-7 fit, so results agree with PyTorch to ~1e-7 relative.
 
@@ -38,20 +38,20 @@ pub fn sigmoid(x: f32) -> f32 {
 /// tanh-approximate GELU (`gelu_new`: GPT-2, T5 v1.1): `0.5 x (1 + tanh(u))` with
 /// `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as `x * sigmoid(2u)` (the same function:
 /// `1 + tanh(u) = 2 sigmoid(2u)`), which also keeps its relative accuracy for very negative x.
-pub fn gelu_tanh(x: &[f32]) -> Vec<f32> {
+pub fn gelu_tanh(x: &mut [f32]) {
     const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
     map(x, |v| v * sigmoid(TWO_SQRT_2_OVER_PI * (v + 0.044_715 * v * v * v)))
 }
 
 /// QuickGELU (CLIP): `x * sigmoid(1.702 x)`.
-pub fn quick_gelu(x: &[f32]) -> Vec<f32> {
+pub fn quick_gelu(x: &mut [f32]) {
     map(x, |v| v * sigmoid(1.702 * v))
 }
 
 /// Exact GELU (`gelu`: BERT/MiniLM), `0.5 x (1 + erf(x / sqrt 2))`, written with
 /// `erfc(|x| / sqrt 2)` so neither tail cancels: `x (1 - erfc/2)` for x >= 0, `x erfc/2` below.
 /// erfc is the Numerical Recipes Chebyshev fit (relative error < 1.2e-7 for every argument).
-pub fn gelu_erf(x: &[f32]) -> Vec<f32> {
+pub fn gelu_erf(x: &mut [f32]) {
     map(x, |v| {
         let half_erfc = 0.5 * erfc_abs(v * std::f32::consts::FRAC_1_SQRT_2);
         v * if v >= 0.0 { 1.0 - half_erfc } else { half_erfc }
@@ -73,38 +73,41 @@ fn erfc_abs(z: f32) -> f32 {
     t * exp(-s * s) * exp((s - z) * (s + z) + p)
 }
 
-/// `f` over every element, in chunks the compiler vectorises (AVX2 + FMA when the CPU has them).
+/// Elements per parallel task: a 2,560 x 2,048 memory-build activation is 80 tasks, a decoding
+/// step's few thousand elements one (waking a worker would cost more than it saves).
+const TASK_ELEMENTS: usize = 1 << 16;
+
+/// `x = f(x)` for every element, in place, in chunks the compiler vectorises (AVX2 + FMA when the
+/// CPU has them), split between the cores when there are many.
 #[inline(always)]
-fn map(x: &[f32], f: impl Fn(f32) -> f32 + Copy) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        unsafe { map_avx2(x, &mut out, f) };
-        return out;
-    }
-    map_into(x, &mut out, f);
-    out
+fn map(x: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Send + Sync) {
+    crate::parallel::for_each_chunk(x, TASK_ELEMENTS, |(_, x)| {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { map_avx2(x, f) };
+        }
+        map_chunks(x, f)
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
-    map_into(x, out, f)
+unsafe fn map_avx2(x: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+    map_chunks(x, f)
 }
 
 #[inline(always)]
-fn map_into(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
+fn map_chunks(x: &mut [f32], f: impl Fn(f32) -> f32 + Copy) {
     const CHUNK: usize = 16;
-    let mut xs = x.chunks_exact(CHUNK);
-    let mut os = out.chunks_exact_mut(CHUNK);
-    for (xc, oc) in (&mut xs).zip(&mut os) {
-        for i in 0..CHUNK {
-            oc[i] = f(xc[i]);
+    let mut xs = x.chunks_exact_mut(CHUNK);
+    for xc in &mut xs {
+        for v in xc.iter_mut() {
+            *v = f(*v);
         }
     }
-    for (xv, o) in xs.remainder().iter().zip(os.into_remainder()) {
-        *o = f(*xv);
+    for v in xs.into_remainder() {
+        *v = f(*v);
     }
 }
 
@@ -130,8 +133,13 @@ mod tests {
     #[test]
     fn activations_match_their_f64_formulas() {
         let x: Vec<f32> = grid().collect();
-        let tanh_form = gelu_tanh(&x);
-        let quick = quick_gelu(&x);
+        let applied = |f: fn(&mut [f32])| {
+            let mut y = x.clone();
+            f(&mut y);
+            y
+        };
+        let tanh_form = applied(gelu_tanh);
+        let quick = applied(quick_gelu);
         // The arguments of exp are rounded to f32 as any f32 implementation (PyTorch's too) rounds
         // them: the tolerance measures exp and sigmoid, not the conditioning of exp for large x.
         let sigmoid64 = |z: f32| 1.0 / (1.0 + (-(z as f64)).exp());
@@ -150,13 +158,15 @@ mod tests {
         }
         // Exact GELU against f64 erfc at the f32-rounded argument (see above), relative with a
         // tiny absolute floor: below x = -13 the result underflows.
-        let exact = gelu_erf(&x);
+        let exact = applied(gelu_erf);
         for (i, &v) in x.iter().enumerate() {
             let z = (v * std::f32::consts::FRAC_1_SQRT_2) as f64;
             let want = 0.5 * v as f64 * libm::erfc(-z);
             assert!((exact[i] as f64 - want).abs() <= 5e-7 * want.abs() + 1e-37, "gelu_erf({v}) = {} vs {want}", exact[i]);
         }
-        assert!(gelu_tanh(&[f32::NAN])[0].is_nan());
-        assert!(gelu_tanh(&[]).is_empty());
+        let mut nan = [f32::NAN];
+        gelu_tanh(&mut nan);
+        assert!(nan[0].is_nan());
+        gelu_tanh(&mut []);
     }
 }

@@ -13,6 +13,8 @@ pub mod files;
 pub mod jpeg;
 pub mod memory;
 pub mod models;
+pub mod norms;
+mod parallel;
 pub mod preprocess;
 pub mod rowmatmul;
 pub mod tokenize;

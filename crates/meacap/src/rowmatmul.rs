@@ -116,25 +116,8 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
 
 mod packed;
 
-/// `f((i, chunk))` for each `len`-long chunk of `data`: on rayon's workers natively, in order on
-/// wasm (no threads there).
-fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn((usize, &mut [f32])) + Send + Sync) {
-    #[cfg(not(target_family = "wasm"))]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(len).enumerate().for_each(f);
-    }
-    #[cfg(target_family = "wasm")]
-    data.chunks_mut(len).enumerate().for_each(f);
-}
+use crate::parallel::{for_each_chunk, threads};
 
-/// Worker threads the kernels split their outputs between.
-fn threads() -> usize {
-    #[cfg(not(target_family = "wasm"))]
-    return rayon::current_num_threads();
-    #[cfg(target_family = "wasm")]
-    1
-}
 
 /// Calls `$f::<R>` with `R = rows` (1..=8) as a compile-time constant.
 macro_rules! by_rows {
@@ -346,9 +329,36 @@ mod tests {
         }
     }
 
+    /// Enough rows for the packed kernel to split them between tasks (memory-build batches).
+    fn many_rows() -> usize {
+        2 * 120 * threads() + 7
+    }
+
+    #[test]
+    fn many_rows_match_f64_and_the_same_rows_taken_alone_bit_for_bit() {
+        // d_in over one depth slice (256) and not a multiple of 8; d_out leaves an edge panel;
+        // the row count leaves an edge tile and a short last task.
+        let (d_in, d_out, row_stride, rows) = (300, 37, 301, many_rows());
+        let w = values(d_out * row_stride, 17);
+        let bias = values(d_out, 23);
+        let x = values(rows * d_in, 29);
+        let got = matmul_rows(&x, rows, d_in, &w, row_stride, d_out, Some(&bias));
+        for r in 0..rows {
+            for n in 0..d_out {
+                let want = bias[n] as f64 + (0..d_in).map(|k| x[r * d_in + k] as f64 * w[n * row_stride + k] as f64).sum::<f64>();
+                let g = got[r * d_out + n] as f64;
+                assert!((g - want).abs() <= 2e-6 * (d_in as f64).sqrt() + 1e-6, "rows {rows} ({r},{n}): {g} vs {want}");
+            }
+        }
+        // Every output is one sum in one order, however the rows are split into tasks.
+        let (first, some) = (rows / 2 - 1, 40);
+        let alone = matmul_rows(&x[first * d_in..(first + some) * d_in], some, d_in, &w, row_stride, d_out, Some(&bias));
+        assert_eq!(alone, got[first * d_out..(first + some) * d_out]);
+    }
+
     #[test]
     fn no_output_features_is_an_empty_result() {
-        for rows in [3, PACKED_MIN_ROWS + 1] {
+        for rows in [3, PACKED_MIN_ROWS + 1, many_rows()] {
             assert!(matmul_rows(&values(rows * 4, 5), rows, 4, &values(4, 6), 4, 0, None).is_empty());
         }
     }

@@ -134,7 +134,7 @@ impl Bert {
             let v = split_heads(l.value.forward(x.clone()), heads);
             let a = l.attention_output.forward(merge_heads(attention(q, k, v, scale, Some(mask.clone()))));
             x = l.attention_norm.forward(a + x);
-            let h = l.output.forward(self.config.hidden_act.forward(l.intermediate.forward(x.clone())));
+            let h = l.output.forward(l.intermediate.forward_act(x.clone(), self.config.hidden_act));
             x = l.output_norm.forward(h + x);
         }
         Ok(x)

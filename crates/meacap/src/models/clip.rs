@@ -139,7 +139,7 @@ impl EncoderLayer {
         let k = split_heads(self.k_proj.forward(h.clone()), self.heads);
         let v = split_heads(self.v_proj.forward(h), self.heads);
         let x = x + self.out_proj.forward(merge_heads(attention(q, k, v, scale, mask)));
-        let h = self.fc2.forward(self.act.forward(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
+        let h = self.fc2.forward(self.fc1.forward_act(self.layer_norm2.forward(x.clone()), self.act));
         x + h
     }
 }

@@ -200,7 +200,7 @@ impl Gpt2 {
             let out = merge_heads(attention(q, k, v, a.scale, mask.clone()));
             x = x + a.c_proj.forward(out);
             let m = &block.mlp;
-            x = x.clone() + m.c_proj.forward(m.act.forward(m.c_fc.forward(block.ln_2.forward(x))));
+            x = x.clone() + m.c_proj.forward(m.c_fc.forward_act(block.ln_2.forward(x), m.act));
         }
         Ok(self.ln_f.forward(x))
     }

@@ -162,7 +162,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.act.forward(self.wi_0.forward(x.clone()));
+        let h = self.wi_0.forward_act(x.clone(), self.act);
         let h = match &self.wi_1 {
             Some(wi_1) => h * wi_1.forward(x),
             None => h,

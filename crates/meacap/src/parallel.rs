@@ -1,0 +1,21 @@
+//! Data parallelism for the CPU kernels: rayon's workers natively, one thread on wasm.
+
+/// `f((i, chunk))` for each `len`-long chunk of `data`: on rayon's workers natively, in order on
+/// wasm (no threads there).
+pub(crate) fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn((usize, &mut [f32])) + Send + Sync) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(len).enumerate().for_each(f);
+    }
+    #[cfg(target_family = "wasm")]
+    data.chunks_mut(len).enumerate().for_each(f);
+}
+
+/// Worker threads the kernels split their work between.
+pub(crate) fn threads() -> usize {
+    #[cfg(not(target_family = "wasm"))]
+    return rayon::current_num_threads();
+    #[cfg(target_family = "wasm")]
+    1
+}
