@@ -21,12 +21,16 @@ pub fn exp(x: f32) -> f32 {
     // Adding then subtracting 1.5 * 2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.3);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = ((((1.987_569_2e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r + 5.000_000_1e-1;
     let y = p * (r * r) + r + 1.0;
-    // 2^n from its exponent bits: n + 127 is in 1..=254 for the clamped range.
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // 2^n from its exponent bits: n + 127 is in 1..=254 for the clamped range. The integer n is
+    // read from `shifted`'s low mantissa bits (its bits are 0x4B40_0000 + n): Rust's saturating
+    // `n as i32` would be compiled to scalar compares per element instead of vector code.
+    let biased = shifted.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127);
+    y * f32::from_bits(biased << 23)
 }
 
 /// `1 / (1 + exp(-x))`: saturates to ~0 or exactly 1 far out (NaN only for a NaN input).
