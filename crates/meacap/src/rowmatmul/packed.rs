@@ -159,10 +159,22 @@ fn pack_row_slice<'a>(buf: &'a mut Vec<f32>, x: &[f32], d_in: usize, k0: usize, 
     let len = n.div_ceil(MR) * kc * MR;
     buf.clear();
     buf.resize(len, 0.0);
-    for (r, row) in x.chunks_exact(d_in).enumerate() {
-        let panel = &mut buf[(r / MR) * kc * MR..][..kc * MR];
-        for (k, &v) in row[k0..k0 + kc].iter().enumerate() {
-            panel[k * MR + r % MR] = v;
+    for (block, panel) in x.chunks(MR * d_in).zip(buf.chunks_exact_mut(kc * MR)) {
+        if block.len() == MR * d_in {
+            // Whole panel: contiguous writes from six sequential reads (no per-element index
+            // arithmetic: a scattered form took ~13 % of a memory-build matmul).
+            let r: [&[f32]; MR] = std::array::from_fn(|i| &block[i * d_in + k0..i * d_in + k0 + kc]);
+            for (k, column) in panel.chunks_exact_mut(MR).enumerate() {
+                for (c, row) in column.iter_mut().zip(&r) {
+                    *c = row[k];
+                }
+            }
+        } else {
+            for (i, row) in block.chunks_exact(d_in).enumerate() {
+                for (k, &v) in row[k0..k0 + kc].iter().enumerate() {
+                    panel[k * MR + i] = v;
+                }
+            }
         }
     }
     &buf[..len]
