@@ -168,6 +168,9 @@ fn norm_on_cpu<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, norm: impl Fn(
     use burn::backend::{flex::FlexTensor, Flex};
     let t = flex_f32_contiguous(x)?;
     let w = flex_f32_contiguous(weight)?;
+    if x.dims()[D - 1] != weight.dims()[0] {
+        return None;
+    }
     let mut y = t.as_slice::<f32>()?.to_vec();
     norm(&mut y, w.as_slice::<f32>()?)?;
     Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, x.dims()))))

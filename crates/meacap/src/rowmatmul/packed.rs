@@ -7,6 +7,10 @@
 //! broadcasts per 12 FMAs) while it walks `k`. The depth is cut into [`KC`]-long slices so a
 //! weight panel slice and the row panels it meets stay in L1.
 //!
+//! Tasks split the output features (each packs its own weights, the tiles go to a slab gathered
+//! afterwards) until there are two [`ROW_CHUNK`]-row chunks per thread; from there on they split the
+//! rows (weights packed once and shared, tiles written in place), see [`matmul_by_row_chunks`].
+//!
 //! Every output is one sum over `k` in increasing order, accumulated in one place (carried
 //! through memory between depth slices), so the result depends neither on the thread count nor
 //! on how rows are blocked.
