@@ -77,15 +77,11 @@ fn erfc_abs(z: f32) -> f32 {
     t * exp(-s * s) * exp((s - z) * (s + z) + p)
 }
 
-/// Elements per parallel task: a 2,560 x 2,048 memory-build activation is 80 tasks, a decoding
-/// step's few thousand elements one (waking a worker would cost more than it saves).
-const TASK_ELEMENTS: usize = 1 << 16;
-
 /// `x = f(x)` for every element, in place, in chunks the compiler vectorises (AVX2 + FMA when the
 /// CPU has them), split between the cores when there are many.
 #[inline(always)]
 fn map(x: &mut [f32], f: impl Fn(f32) -> f32 + Copy + Send + Sync) {
-    crate::parallel::for_each_chunk(x, TASK_ELEMENTS, |(_, x)| {
+    crate::parallel::for_each_chunk(x, crate::parallel::TASK_ELEMENTS, |(_, x)| {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).

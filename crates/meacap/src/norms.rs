@@ -6,8 +6,7 @@
 //! order of operations per element; sums in eight interleaved f32 lanes (vectorised), so results
 //! agree with PyTorch's to ~1e-7 relative.
 
-/// Elements per parallel task (whole rows): one task for a decoding step's few rows.
-const TASK_ELEMENTS: usize = 1 << 16;
+use crate::parallel::{for_each_chunk, TASK_ELEMENTS};
 
 /// LayerNorm over rows of `dim` (biased variance, as PyTorch): `(x - mean) / sqrt(var + eps) *
 /// weight + bias`.
@@ -36,10 +35,10 @@ pub fn rms_norm(x: &mut [f32], weight: &[f32], eps: f32) {
     });
 }
 
-/// `f` on every `dim`-long row, rows split between the cores in tasks of ~[`TASK_ELEMENTS`].
+/// `f` on every `dim`-long row, whole rows split between the cores in tasks of ~[`TASK_ELEMENTS`].
 fn by_rows(x: &mut [f32], dim: usize, f: impl Fn(&mut [f32]) + Send + Sync) {
     let task = (TASK_ELEMENTS / dim).max(1) * dim;
-    crate::parallel::for_each_chunk(x, task, |(_, rows)| rows.chunks_exact_mut(dim).for_each(&f));
+    for_each_chunk(x, task, |(_, rows)| rows.chunks_exact_mut(dim).for_each(&f));
 }
 
 /// Sum in eight interleaved lanes (the compiler keeps them in one vector register).

@@ -1,5 +1,10 @@
 //! Data parallelism for the CPU kernels: rayon's workers natively, one thread on wasm.
 
+/// Elements per parallel task for elementwise and row-wise passes: a 2,560 x 2,048 memory-build
+/// activation is 80 tasks, a decoding step's few thousand elements one (waking a worker would
+/// cost more than it saves).
+pub(crate) const TASK_ELEMENTS: usize = 1 << 16;
+
 /// `f((i, chunk))` for each `len`-long chunk of `data`: on rayon's workers natively, in order on
 /// wasm (no threads there).
 pub(crate) fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn((usize, &mut [f32])) + Send + Sync) {

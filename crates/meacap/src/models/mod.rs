@@ -59,29 +59,32 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let mut dims = x.dims();
-        let d_in = dims[D - 1];
-        let rows: usize = dims[..D - 1].iter().product();
-        let y = project(x.reshape([rows, d_in]), &self.weight, self.bias.as_ref());
-        dims[D - 1] = self.d_out();
-        y.reshape(dims)
+        self.forward_then(x, None)
     }
 
     /// `act(self.forward(x))`. On the CPU backend the activation runs in place on the layer's
     /// fresh output (one pass, no second buffer: a memory-build batch's 2,560 x 2,048 activations
     /// are 21 MB).
     pub fn forward_act<const D: usize>(&self, x: Tensor<D>, act: Activation) -> Tensor<D> {
+        self.forward_then(x, Some(act))
+    }
+
+    fn forward_then<const D: usize>(&self, x: Tensor<D>, act: Option<Activation>) -> Tensor<D> {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows: usize = dims[..D - 1].iter().product();
         let x = x.reshape([rows, d_in]);
         dims[D - 1] = self.d_out();
-        if let Some(f) = act.on_cpu() {
-            if let Some(y) = project_on_cpu(&x, &self.weight, self.bias.as_ref(), Some(f)) {
-                return y.reshape(dims);
-            }
+        let in_place = act.and_then(Activation::on_cpu);
+        let (y, applied) = match project_on_cpu(&x, &self.weight, self.bias.as_ref(), in_place) {
+            Some(y) => (y, in_place.is_some()),
+            None => (project_on_device(x, &self.weight, self.bias.as_ref()), false),
+        };
+        let y = y.reshape(dims);
+        match act {
+            Some(act) if !applied => act.forward(y),
+            _ => y,
         }
-        act.forward(project(x, &self.weight, self.bias.as_ref()).reshape(dims))
     }
 }
 
@@ -89,9 +92,11 @@ impl Linear {
 /// (weights streamed once for a decoding step's few rows, a register-tiled kernel for many);
 /// on GPUs burn's matmul.
 pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    if let Some(y) = project_on_cpu(&x, weight, bias, None) {
-        return y;
-    }
+    project_on_cpu(&x, weight, bias, None).unwrap_or_else(|| project_on_device(x, weight, bias))
+}
+
+/// [`project`] with burn's ops (GPUs, and CPU tensors the kernels do not take).
+fn project_on_device(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     let y = x.matmul(weight.clone());
     match bias {
         Some(b) => y + b.clone().unsqueeze::<2>(),
@@ -102,8 +107,6 @@ pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>
 /// `None` unless every tensor is an f32 flex tensor and `weight` is an output-major view
 /// (`[out, in]` storage, transposed). `then` is applied in place to the result.
 fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>, then: Option<fn(&mut [f32])>) -> Option<Tensor<2>> {
-    use burn::backend::{flex::FlexTensor, Flex};
-
     let [rows, d_in] = x.dims();
     let [_, d_out] = weight.dims();
     if rows == 0 {
@@ -136,7 +139,7 @@ fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>, t
     if let Some(f) = then {
         f(&mut y);
     }
-    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, [rows, d_out]))))
+    Some(cpu_tensor(y, [rows, d_out]))
 }
 
 /// The CPU backend's tensor behind `x` when it is an f32 flex tensor (`None` on GPUs and for
@@ -152,28 +155,29 @@ fn flex_f32_contiguous<const D: usize>(x: &Tensor<D>) -> Option<burn::backend::f
     Some(if t.is_contiguous() { t } else { t.to_contiguous() })
 }
 
+/// A host result as a CPU-backend tensor (no copy).
+fn cpu_tensor<const D: usize>(data: Vec<f32>, dims: [usize; D]) -> Tensor<D> {
+    use burn::backend::{flex::FlexTensor, Flex};
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, dims)))
+}
+
+/// `f` applied on the host to a copy of `x` when `x` is on the CPU backend; `None` elsewhere or
+/// when `f` declines (returns `None`).
+fn on_cpu_copy<const D: usize>(x: &Tensor<D>, f: impl FnOnce(&mut [f32]) -> Option<()>) -> Option<Tensor<D>> {
+    let mut y = flex_f32_contiguous(x)?.as_slice::<f32>()?.to_vec();
+    f(&mut y)?;
+    Some(cpu_tensor(y, x.dims()))
+}
+
 /// An elementwise function from [`activations`] applied on the host when `x` is on the CPU
 /// backend; `None` elsewhere.
 fn map_on_cpu<const D: usize>(x: &Tensor<D>, f: fn(&mut [f32])) -> Option<Tensor<D>> {
-    use burn::backend::{flex::FlexTensor, Flex};
-    let t = flex_f32_contiguous(x)?;
-    let mut y = t.as_slice::<f32>()?.to_vec();
-    f(&mut y);
-    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, x.dims()))))
+    on_cpu_copy(x, |y| Some(f(y)))
 }
 
-/// A norm from [`norms`] over the last dimension, applied on the host to a copy of `x` when `x`
-/// and `weight` are on the CPU backend; `None` elsewhere.
-fn norm_on_cpu<const D: usize>(x: &Tensor<D>, weight: &Tensor<1>, norm: impl Fn(&mut [f32], &[f32]) -> Option<()>) -> Option<Tensor<D>> {
-    use burn::backend::{flex::FlexTensor, Flex};
-    let t = flex_f32_contiguous(x)?;
-    let w = flex_f32_contiguous(weight)?;
-    if x.dims()[D - 1] != weight.dims()[0] {
-        return None;
-    }
-    let mut y = t.as_slice::<f32>()?.to_vec();
-    norm(&mut y, w.as_slice::<f32>()?)?;
-    Some(Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(y, x.dims()))))
+/// The CPU-backend tensor behind a vector of length `len` (`None` elsewhere or for another length).
+fn cpu_vector(v: &Tensor<1>, len: usize) -> Option<burn::backend::flex::FlexTensor> {
+    (v.dims()[0] == len).then(|| flex_f32_contiguous(v))?
 }
 
 /// LayerNorm over the last dimension (biased variance, as PyTorch).
@@ -192,7 +196,8 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if let Some(y) = norm_on_cpu(&x, &self.weight, |x, w| Some(norms::layer_norm(x, w, flex_f32_contiguous(&self.bias)?.as_slice::<f32>()?, self.eps as f32))) {
+        let dim = x.dims()[D - 1];
+        if let Some(y) = on_cpu_copy(&x, |y| Some(norms::layer_norm(y, cpu_vector(&self.weight, dim)?.as_slice()?, cpu_vector(&self.bias, dim)?.as_slice()?, self.eps as f32))) {
             return y;
         }
         let mean = x.clone().mean_dim(D - 1);
@@ -216,7 +221,8 @@ impl RmsNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if let Some(y) = norm_on_cpu(&x, &self.weight, |x, w| Some(norms::rms_norm(x, w, self.eps as f32))) {
+        let dim = x.dims()[D - 1];
+        if let Some(y) = on_cpu_copy(&x, |y| Some(norms::rms_norm(y, cpu_vector(&self.weight, dim)?.as_slice()?, self.eps as f32))) {
             return y;
         }
         let var = x.clone().powi_scalar(2).mean_dim(D - 1);

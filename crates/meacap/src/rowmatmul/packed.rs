@@ -109,10 +109,7 @@ pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W]
 fn matmul_by_row_chunks<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let panels = d_out.div_ceil(NR);
     let mut w_packed = vec![0.0f32; panels * d_in * NR];
-    for_each_chunk(&mut w_packed, d_in * NR, |(p, panel)| {
-        let first = p * NR;
-        W::pack_panel(&w[first * row_stride..], row_stride, d_in, (d_out - first).min(NR), panel);
-    });
+    for_each_chunk(&mut w_packed, d_in * NR, |(p, panel)| pack_feature_panel(w, row_stride, d_in, p * NR, d_out, panel));
     let w_packed = &w_packed;
     let mut out = vec![0.0f32; rows * d_out];
     let task = |(c, out_rows): (usize, &mut [f32])| {
@@ -164,24 +161,30 @@ fn pack_row_slice<'a>(buf: &'a mut Vec<f32>, x: &[f32], d_in: usize, k0: usize, 
     buf.clear();
     buf.resize(len, 0.0);
     for (block, panel) in x.chunks(MR * d_in).zip(buf.chunks_exact_mut(kc * MR)) {
-        if block.len() == MR * d_in {
-            // Whole panel: contiguous writes from six sequential reads (no per-element index
-            // arithmetic: a scattered form took ~13 % of a memory-build matmul).
-            let r: [&[f32]; MR] = std::array::from_fn(|i| &block[i * d_in + k0..i * d_in + k0 + kc]);
-            for (k, column) in panel.chunks_exact_mut(MR).enumerate() {
-                for (c, row) in column.iter_mut().zip(&r) {
-                    *c = row[k];
-                }
+        pack_panel_rows(block, d_in, k0, kc, panel);
+    }
+    &buf[..len]
+}
+
+/// Columns `k0 .. k0 + kc` of up to [`MR`] rows of `d_in` → `panel [kc][MR]` (rows past the
+/// block stay as they are: zero in a fresh buffer).
+fn pack_panel_rows(block: &[f32], d_in: usize, k0: usize, kc: usize, panel: &mut [f32]) {
+    if block.len() == MR * d_in {
+        // Whole panel: contiguous writes from six sequential reads (no per-element index
+        // arithmetic: a scattered form took ~13 % of a memory-build matmul).
+        let r: [&[f32]; MR] = std::array::from_fn(|i| &block[i * d_in + k0..i * d_in + k0 + kc]);
+        for (k, column) in panel.chunks_exact_mut(MR).enumerate() {
+            for (c, row) in column.iter_mut().zip(&r) {
+                *c = row[k];
             }
-        } else {
-            for (i, row) in block.chunks_exact(d_in).enumerate() {
-                for (k, &v) in row[k0..k0 + kc].iter().enumerate() {
-                    panel[k * MR + i] = v;
-                }
+        }
+    } else {
+        for (i, row) in block.chunks_exact(d_in).enumerate() {
+            for (k, &v) in row[k0..k0 + kc].iter().enumerate() {
+                panel[k * MR + i] = v;
             }
         }
     }
-    &buf[..len]
 }
 
 thread_local! {
@@ -195,24 +198,7 @@ thread_local! {
 /// `x [rows, d_in]` → `[row panel][k][MR]`, the last panel padded with zero rows.
 fn pack_rows(x: &[f32], rows: usize, d_in: usize) -> Vec<f32> {
     let mut packed = vec![0.0f32; rows.div_ceil(MR) * d_in * MR];
-    let pack = |(rp, panel): (usize, &mut [f32])| {
-        let block = &x[rp * MR * d_in..(rp * MR + MR).min(rows) * d_in];
-        if block.len() == MR * d_in {
-            // Whole panel: contiguous writes, six sequential reads.
-            let r: [&[f32]; MR] = std::array::from_fn(|i| &block[i * d_in..(i + 1) * d_in]);
-            for (k, column) in panel.chunks_exact_mut(MR).enumerate() {
-                for (c, row) in column.iter_mut().zip(&r) {
-                    *c = row[k];
-                }
-            }
-        } else {
-            for (i, row) in block.chunks_exact(d_in).enumerate() {
-                for (k, &v) in row.iter().enumerate() {
-                    panel[k * MR + i] = v;
-                }
-            }
-        }
-    };
+    let pack = |(rp, panel): (usize, &mut [f32])| pack_panel_rows(&x[rp * MR * d_in..(rp * MR + MR).min(rows) * d_in], d_in, 0, d_in, panel);
     for_each_chunk(&mut packed, d_in * MR, pack);
     packed
 }
@@ -224,12 +210,15 @@ fn pack_weights<'a, W: WeightElem>(buf: &'a mut Vec<f32>, w: &[W], row_stride: u
     if buf.len() < len {
         buf.resize(len, 0.0);
     }
-    for p in 0..panels {
-        let first = n0 + p * NR;
-        let features = (d_out - first).min(NR);
-        W::pack_panel(&w[first * row_stride..], row_stride, d_in, features, &mut buf[p * d_in * NR..(p + 1) * d_in * NR]);
+    for (p, panel) in buf[..len].chunks_exact_mut(d_in * NR).enumerate() {
+        pack_feature_panel(w, row_stride, d_in, n0 + p * NR, d_out, panel);
     }
     &buf[..len]
+}
+
+/// Output features `first .. first + NR` (those below `d_out`) → `panel [k][NR]`.
+fn pack_feature_panel<W: WeightElem>(w: &[W], row_stride: usize, d_in: usize, first: usize, d_out: usize, panel: &mut [f32]) {
+    W::pack_panel(&w[first * row_stride..], row_stride, d_in, (d_out - first).min(NR), panel);
 }
 
 /// Scalar panel packing: `panel[k * NR + j] = w[j * row_stride + k]` for `j < features`, zero for
