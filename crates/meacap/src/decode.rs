@@ -89,39 +89,58 @@ pub fn beam_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<
 
 /// [`beam_search`] with asynchronous read-backs (WebGPU in the browser).
 pub async fn beam_search_async(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Vec<Hypothesis>> {
-    let [batch, _, _] = prefix.dims();
-    if batch != 1 {
-        return Err(Error::InvalidInput(format!("beam search takes one prefix, got a batch of {batch}")));
-    }
-    let width = cfg.beam_width.max(1);
-    let device = gpt.device();
-    let mut cache = KvCache::default();
-    let hidden = gpt.forward(prefix, &mut cache)?;
-    let (logp, vocab) = log_probs(gpt, hidden).await?;
+    let mut all = beam_search_many_async(gpt, vec![prefix], cfg).await?;
+    Ok(all.pop().unwrap_or_default())
+}
 
-    // First step: the top `width` tokens of the single prefix.
-    let first = top_k(&logp, width);
-    let mut scores: Vec<f32> = first.iter().map(|&i| logp[i]).collect();
-    let mut tokens: Vec<Vec<u32>> = first.iter().map(|&i| vec![i as u32]).collect();
-    let mut lengths = vec![1f32; width];
-    let mut stopped: Vec<bool> = tokens.iter().map(|t| cfg.stop_ids.contains(&t[0])).collect();
-    cache.select(Tensor::<1, Int>::from_ints(vec![0i64; width].as_slice(), &device));
-    let mut last: Vec<u32> = tokens.iter().map(|t| t[0]).collect();
+/// [`beam_search`] for several prefixes (one per image, of any lengths) at once: each prefix is
+/// searched exactly as alone, but every decoding step runs GPT-2's dense layers once over the
+/// beams of all unfinished prefixes ([`Gpt2::forward_groups`]).
+pub fn beam_search_many(gpt: &Gpt2, prefixes: Vec<Tensor<3>>, cfg: &SearchConfig) -> Result<Vec<Vec<Hypothesis>>> {
+    block_on(beam_search_many_async(gpt, prefixes, cfg))
+}
 
-    for _ in 1..cfg.max_new_tokens {
-        if stopped.iter().all(|&s| s) && !cfg.ignore_stop {
-            break;
+/// One prefix's beams during [`beam_search_many`].
+struct Beams {
+    scores: Vec<f32>,
+    tokens: Vec<Vec<u32>>,
+    lengths: Vec<f32>,
+    stopped: Vec<bool>,
+}
+
+impl Beams {
+    /// First step: the top `width` tokens of the single prefix.
+    fn start(logp: &[f32], width: usize, cfg: &SearchConfig) -> Self {
+        let first = top_k(logp, width);
+        let tokens: Vec<Vec<u32>> = first.iter().map(|&i| vec![i as u32]).collect();
+        Self {
+            scores: first.iter().map(|&i| logp[i]).collect(),
+            lengths: vec![1f32; tokens.len()],
+            stopped: tokens.iter().map(|t| cfg.stop_ids.contains(&t[0])).collect(),
+            tokens,
         }
-        let hidden = gpt.forward(embed_ids(gpt, &last), &mut cache)?;
-        let (mut logp, _) = log_probs(gpt, hidden).await?;
-        for (beam, &is_stopped) in stopped.iter().enumerate() {
+    }
+
+    fn finished(&self, cfg: &SearchConfig) -> bool {
+        self.stopped.iter().all(|&s| s) && !cfg.ignore_stop
+    }
+
+    /// The ids to feed next, one per beam.
+    fn last(&self) -> impl Iterator<Item = u32> + '_ {
+        self.tokens.iter().map(|t| t.last().copied().unwrap_or(0))
+    }
+
+    /// One step from this prefix's rows of log-probabilities; returns the beam each new beam
+    /// extends (the cache rows to keep).
+    fn advance(&mut self, logp: &mut [f32], vocab: usize, width: usize, cfg: &SearchConfig) -> Vec<usize> {
+        for (beam, &is_stopped) in self.stopped.iter().enumerate() {
             if is_stopped {
                 let row = &mut logp[beam * vocab..(beam + 1) * vocab];
                 row.fill(f32::NEG_INFINITY);
                 row[0] = 0.0;
             }
         }
-        for (len, &is_stopped) in lengths.iter_mut().zip(&stopped) {
+        for (len, &is_stopped) in self.lengths.iter_mut().zip(&self.stopped) {
             if !is_stopped {
                 *len += 1.0;
             }
@@ -132,35 +151,108 @@ pub async fn beam_search_async(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig
             .enumerate()
             .map(|(i, &lp)| {
                 let beam = i / vocab;
-                (scores[beam] + lp) / lengths[beam]
+                (self.scores[beam] + lp) / self.lengths[beam]
             })
             .collect();
         let best = top_k(&average, width);
         let source: Vec<usize> = best.iter().map(|&i| i / vocab).collect();
         let next: Vec<u32> = best.iter().map(|&i| (i % vocab) as u32).collect();
-        lengths = source.iter().map(|&s| lengths[s]).collect();
-        scores = best.iter().zip(&lengths).map(|(&i, &len)| average[i] * len).collect();
-        tokens = source.iter().zip(&next).map(|(&s, &t)| {
-            let mut row = tokens[s].clone();
-            row.push(t);
-            row
-        }).collect();
-        stopped = source.iter().zip(&next).map(|(&s, t)| stopped[s] || cfg.stop_ids.contains(t)).collect();
-        cache.select(Tensor::<1, Int>::from_ints(source.iter().map(|&s| s as i64).collect::<Vec<_>>().as_slice(), &device));
-        last = next;
+        self.lengths = source.iter().map(|&s| self.lengths[s]).collect();
+        self.scores = best.iter().zip(&self.lengths).map(|(&i, &len)| average[i] * len).collect();
+        self.tokens = source
+            .iter()
+            .zip(&next)
+            .map(|(&s, &t)| {
+                let mut row = self.tokens[s].clone();
+                row.push(t);
+                row
+            })
+            .collect();
+        self.stopped = source.iter().zip(&next).map(|(&s, t)| self.stopped[s] || cfg.stop_ids.contains(t)).collect();
+        source
     }
 
-    let mut hypotheses: Vec<Hypothesis> = tokens
-        .into_iter()
-        .zip(scores.iter().zip(&lengths))
-        .map(|(mut t, (&score, &len))| {
-            t.truncate(len as usize);
-            Hypothesis { tokens: t, score: score / len }
-        })
-        .collect();
-    // Stable sort: equal scores keep beam order.
-    hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
-    Ok(hypotheses)
+    /// Every beam, best first (mean log-prob per generated token).
+    fn finish(self) -> Vec<Hypothesis> {
+        let mut hypotheses: Vec<Hypothesis> = self
+            .tokens
+            .into_iter()
+            .zip(self.scores.iter().zip(&self.lengths))
+            .map(|(mut t, (&score, &len))| {
+                t.truncate(len as usize);
+                Hypothesis { tokens: t, score: score / len }
+            })
+            .collect();
+        // Stable sort: equal scores keep beam order.
+        hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
+        hypotheses
+    }
+}
+
+fn rows_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    Tensor::<1, Int>::from_ints(rows.iter().map(|&r| r as i64).collect::<Vec<_>>().as_slice(), device)
+}
+
+/// Checks that every prefix is one sequence `[1, seq, d]`.
+fn check_prefixes(prefixes: &[Tensor<3>]) -> Result<()> {
+    for prefix in prefixes {
+        let [batch, _, _] = prefix.dims();
+        if batch != 1 {
+            return Err(Error::InvalidInput(format!("a search takes prefixes of one sequence each, got a batch of {batch}")));
+        }
+    }
+    Ok(())
+}
+
+/// One step over the given prefixes' caches (taken out of `caches` for the call and put back):
+/// `ids[g]` are group `g`'s next tokens. Returns the log-probabilities, rows in group order.
+async fn step_groups(
+    gpt: &Gpt2,
+    caches: &mut [KvCache],
+    active: &[usize],
+    ids: &[Vec<u32>],
+) -> Result<(Vec<f32>, usize)> {
+    let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+    let rows: Vec<usize> = ids.iter().map(Vec::len).collect();
+    let mut group: Vec<KvCache> = active.iter().map(|&i| std::mem::take(&mut caches[i])).collect();
+    let hidden = gpt.forward_groups(embed_ids(gpt, &flat), &mut group, &rows);
+    for (&i, cache) in active.iter().zip(group) {
+        caches[i] = cache;
+    }
+    log_probs(gpt, hidden?).await
+}
+
+/// [`beam_search_many`] with asynchronous read-backs (WebGPU in the browser).
+pub async fn beam_search_many_async(gpt: &Gpt2, prefixes: Vec<Tensor<3>>, cfg: &SearchConfig) -> Result<Vec<Vec<Hypothesis>>> {
+    check_prefixes(&prefixes)?;
+    let width = cfg.beam_width.max(1);
+    let device = gpt.device();
+    // Prefixes differ in length: each fills its own cache alone.
+    let mut caches = vec![KvCache::default(); prefixes.len()];
+    let mut beams = Vec::with_capacity(prefixes.len());
+    for (prefix, cache) in prefixes.into_iter().zip(&mut caches) {
+        let hidden = gpt.forward(prefix, cache)?;
+        let (logp, _) = log_probs(gpt, hidden).await?;
+        let started = Beams::start(&logp, width, cfg);
+        cache.select(rows_tensor(&vec![0; started.tokens.len()], &device));
+        beams.push(started);
+    }
+    for _ in 1..cfg.max_new_tokens {
+        let active: Vec<usize> = (0..beams.len()).filter(|&i| !beams[i].finished(cfg)).collect();
+        if active.is_empty() {
+            break;
+        }
+        let ids: Vec<Vec<u32>> = active.iter().map(|&i| beams[i].last().collect()).collect();
+        let (mut logp, vocab) = step_groups(gpt, &mut caches, &active, &ids).await?;
+        let mut row = 0;
+        for (&i, group_ids) in active.iter().zip(&ids) {
+            let n = group_ids.len();
+            let source = beams[i].advance(&mut logp[row * vocab..(row + n) * vocab], vocab, width, cfg);
+            caches[i].select(rows_tensor(&source, &device));
+            row += n;
+        }
+    }
+    Ok(beams.into_iter().map(Beams::finish).collect())
 }
 
 /// ViECap `greedy_search`: argmax each step, stop after a stop token (kept) or `max_new_tokens`.
@@ -170,23 +262,54 @@ pub fn greedy_search(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Resul
 
 /// [`greedy_search`] with asynchronous read-backs (WebGPU in the browser).
 pub async fn greedy_search_async(gpt: &Gpt2, prefix: Tensor<3>, cfg: &SearchConfig) -> Result<Hypothesis> {
-    let mut cache = KvCache::default();
-    let mut hidden = gpt.forward(prefix, &mut cache)?;
-    let mut tokens = Vec::new();
-    let mut total = 0f32;
-    for step in 0..cfg.max_new_tokens {
-        let (logp, _) = log_probs(gpt, hidden).await?;
-        let best = top_k(&logp, 1)[0];
-        tokens.push(best as u32);
-        total += logp[best];
-        if cfg.stop_ids.contains(&(best as u32)) && !cfg.ignore_stop {
-            break;
-        }
-        if step + 1 == cfg.max_new_tokens {
-            break;
-        }
-        hidden = gpt.forward(embed_ids(gpt, &[best as u32]), &mut cache)?;
+    let mut all = greedy_search_many_async(gpt, vec![prefix], cfg).await?;
+    all.pop().ok_or_else(|| Error::InvalidInput("greedy search produced no hypothesis".into()))
+}
+
+/// [`greedy_search`] for several prefixes at once, batched per step like [`beam_search_many`].
+pub fn greedy_search_many(gpt: &Gpt2, prefixes: Vec<Tensor<3>>, cfg: &SearchConfig) -> Result<Vec<Hypothesis>> {
+    block_on(greedy_search_many_async(gpt, prefixes, cfg))
+}
+
+/// [`greedy_search_many`] with asynchronous read-backs (WebGPU in the browser).
+pub async fn greedy_search_many_async(gpt: &Gpt2, prefixes: Vec<Tensor<3>>, cfg: &SearchConfig) -> Result<Vec<Hypothesis>> {
+    check_prefixes(&prefixes)?;
+    let mut caches = vec![KvCache::default(); prefixes.len()];
+    // Each prefix's log-probabilities for its next token (None once it has finished).
+    let mut pending: Vec<Option<Vec<f32>>> = Vec::with_capacity(prefixes.len());
+    for (prefix, cache) in prefixes.into_iter().zip(&mut caches) {
+        let hidden = gpt.forward(prefix, cache)?;
+        pending.push(Some(log_probs(gpt, hidden).await?.0));
     }
-    let n = tokens.len().max(1) as f32;
-    Ok(Hypothesis { tokens, score: total / n })
+    let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); pending.len()];
+    let mut totals = vec![0f32; pending.len()];
+    for step in 0..cfg.max_new_tokens {
+        let mut active = Vec::new();
+        for (i, slot) in pending.iter_mut().enumerate() {
+            let Some(logp) = slot.take() else { continue };
+            let best = top_k(&logp, 1)[0];
+            tokens[i].push(best as u32);
+            totals[i] += logp[best];
+            let stop = cfg.stop_ids.contains(&(best as u32)) && !cfg.ignore_stop;
+            if !stop && step + 1 < cfg.max_new_tokens {
+                active.push(i);
+            }
+        }
+        if active.is_empty() {
+            break;
+        }
+        let ids: Vec<Vec<u32>> = active.iter().map(|&i| vec![*tokens[i].last().expect("a token was just pushed")]).collect();
+        let (logp, vocab) = step_groups(gpt, &mut caches, &active, &ids).await?;
+        for (&i, row) in active.iter().zip(logp.chunks(vocab)) {
+            pending[i] = Some(row.to_vec());
+        }
+    }
+    Ok(tokens
+        .into_iter()
+        .zip(totals)
+        .map(|(tokens, total)| {
+            let n = tokens.len().max(1) as f32;
+            Hypothesis { tokens, score: total / n }
+        })
+        .collect())
 }

@@ -422,7 +422,7 @@ impl MemoryBank {
 
     /// CPU banks: every row's cosine with `query`, on the host.
     fn host_scores(&self, rows: &HostRows, query: &[f32]) -> Result<Vec<f32>> {
-        Ok(rows.scores(&self.query(query)?, self.dim, self.len()))
+        Ok(rows.scores(&self.query(query)?, 1, self.dim, self.len()))
     }
 
     /// Step 1 (device): the cosine of every memory row with `query`, as one `[N]` tensor on the
@@ -473,6 +473,37 @@ impl MemoryBank {
         let data = scores.try_into_data().map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
         let scores = data.try_into_vec_as::<f32>().map_err(|e| Error::Device(format!("memory scores: {e:?}")))?;
         self.select(&scores, k)
+    }
+
+    /// [`Self::top_k`] for several queries (one per image). A CPU bank is read once for up to
+    /// eight queries (the scan is bound by reading the bank); each query's scores are summed
+    /// exactly as [`Self::top_k`] sums them, so the hits are the same.
+    pub fn top_k_many(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
+        let Store::Host(rows) = &self.store else {
+            return queries.iter().map(|q| self.top_k(q, k, device)).collect();
+        };
+        let mut hits = Vec::with_capacity(queries.len());
+        for group in queries.chunks(rowmatmul::MAX_ROWS) {
+            let normalized = group.iter().map(|q| self.query(q)).collect::<Result<Vec<_>>>()?;
+            let scores = rows.scores(&normalized.concat(), group.len(), self.dim, self.len());
+            let n = self.len();
+            for i in 0..group.len() {
+                hits.push(self.select(&scores[i * n..(i + 1) * n], k)?);
+            }
+        }
+        Ok(hits)
+    }
+
+    /// [`Self::top_k_many`] with asynchronous read-backs, for WebGPU in the browser.
+    pub async fn top_k_many_async(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
+        if matches!(self.store, Store::Host(_)) {
+            return self.top_k_many(queries, k, device);
+        }
+        let mut hits = Vec::with_capacity(queries.len());
+        for query in queries {
+            hits.push(self.top_k_async(query, k, device).await?);
+        }
+        Ok(hits)
     }
 
     /// [`Self::top_k`] with an asynchronous read-back, for WebGPU in the browser.
@@ -553,18 +584,20 @@ impl HostRows {
         })
     }
 
-    /// Cosines of every row with the normalised query.
-    fn scores(&self, query: &[f32], dim: usize, n: usize) -> Vec<f32> {
+    /// Cosines of every row with each of the `queries` normalised queries: `[queries, n]`.
+    fn scores(&self, query: &[f32], queries: usize, dim: usize, n: usize) -> Vec<f32> {
         let bytes = &self.bytes.as_ref().as_ref()[self.range.clone()];
         // The casts cannot fail: `new` checked the alignment and the length is n * dim elements.
         let mut scores = if self.f16 {
-            rowmatmul::matmul_rows::<half::f16>(query, 1, dim, bytemuck::cast_slice(bytes), dim, n, None)
+            rowmatmul::matmul_rows::<half::f16>(query, queries, dim, bytemuck::cast_slice(bytes), dim, n, None)
         } else {
-            rowmatmul::matmul_rows::<f32>(query, 1, dim, bytemuck::cast_slice(bytes), dim, n, None)
+            rowmatmul::matmul_rows::<f32>(query, queries, dim, bytemuck::cast_slice(bytes), dim, n, None)
         };
         if let Some(norms) = &self.norms {
-            for (s, norm) in scores.iter_mut().zip(norms) {
-                *s /= norm;
+            for row in scores.chunks_exact_mut(n.max(1)) {
+                for (s, norm) in row.iter_mut().zip(norms) {
+                    *s /= norm;
+                }
             }
         }
         scores

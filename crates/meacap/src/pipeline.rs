@@ -356,11 +356,6 @@ impl Captioner {
         })
     }
 
-    fn pixels(&self, values: Vec<f32>) -> Tensor<4> {
-        let s = self.image_config.crop_size;
-        Tensor::<1>::from_floats(values.as_slice(), &self.device).reshape([1, 3, s, s])
-    }
-
     /// Captions one encoded image (JPEG, PNG, WebP, GIF, BMP).
     pub fn caption(&self, image: &[u8], name: &str) -> Result<Caption> {
         block_on(self.caption_async(image, name))
@@ -368,54 +363,163 @@ impl Captioner {
 
     /// [`Self::caption`] with asynchronous read-backs (WebGPU in the browser).
     pub async fn caption_async(&self, image: &[u8], name: &str) -> Result<Caption> {
-        let mut t = Timings::default();
-        let decoded = t.record("decode_image", || preprocess::decode(image, name))?;
-        let (hf, openai) = t.record("preprocess", || {
-            Ok((
-                preprocess::preprocess(&decoded, FrontEnd::HuggingFace, &self.image_config)?,
-                preprocess::preprocess(&decoded, FrontEnd::OpenAi, &self.image_config)?,
-            ))
-        })?;
-        // One CLIP pass when both front-ends agree, else one batch of two. The stage ends when
-        // the retrieval feature is back on the host (GPU work is queued lazily until then).
-        let started = t.start();
-        let (retrieval_features, mapping_features) = if hf == openai {
-            let f = self.clip.image_features(self.pixels(hf.clone()))?;
-            (f.clone(), f)
-        } else {
-            let s = self.image_config.crop_size;
-            let both: Vec<f32> = hf.iter().chain(openai.iter()).copied().collect();
-            let pixels = Tensor::<1>::from_floats(both.as_slice(), &self.device).reshape([2, 3, s, s]);
-            let f = self.clip.image_features(pixels)?;
-            (f.clone().narrow(0, 0, 1), f.narrow(0, 1, 1))
+        let mut one = self.caption_batch_async(&[(image, name)]).await?;
+        one.pop().unwrap_or_else(|| Err(Error::InvalidInput("no caption came back".into())))
+    }
+
+    /// Captions several images together: one result per image, in order; an image that cannot
+    /// be decoded (or whose stage fails on its own) gets its error without affecting the others.
+    /// Each image's caption is the one [`Self::caption`] gives it: the networks run once over
+    /// the whole batch (CLIP, the mapping network), the memory is scanned once for up to eight
+    /// queries, captions retrieved for several images are parsed once, and beam search steps
+    /// every image's beams together, which is where a CPU gains (a decoding step is bound by
+    /// reading the weights, now read once for all images). In a batch, each image's
+    /// `timings_ms` for a shared stage is the batch's time divided by the images in it.
+    /// The outer error is a failure of the batch as a whole (a model or device error).
+    pub fn caption_batch(&self, images: &[(&[u8], &str)]) -> Result<Vec<Result<Caption>>> {
+        block_on(self.caption_batch_async(images))
+    }
+
+    /// [`Self::caption_batch`] with asynchronous read-backs (WebGPU in the browser).
+    pub async fn caption_batch_async(&self, images: &[(&[u8], &str)]) -> Result<Vec<Result<Caption>>> {
+        let mut results: Vec<Option<Result<Caption>>> = images.iter().map(|_| None).collect();
+        // Decoding and preprocessing are per image.
+        let mut live: Vec<Live> = Vec::with_capacity(images.len());
+        for (slot, (bytes, name)) in images.iter().enumerate() {
+            let mut t = Timings::default();
+            let prepared = t
+                .record("decode_image", || preprocess::decode(bytes, name))
+                .and_then(|decoded| {
+                    t.record("preprocess", || {
+                        Ok((
+                            preprocess::preprocess(&decoded, FrontEnd::HuggingFace, &self.image_config)?,
+                            preprocess::preprocess(&decoded, FrontEnd::OpenAi, &self.image_config)?,
+                        ))
+                    })
+                });
+            match prepared {
+                Ok((hf, openai)) => live.push(Live { slot, t, pixels: (hf, openai), hits: Vec::new(), graphs: Vec::new() }),
+                Err(e) => results[slot] = Some(Err(e)),
+            }
+        }
+        if !live.is_empty() {
+            self.caption_live(&mut live, &mut results).await?;
+        }
+        Ok(results.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::InvalidInput("image was not captioned".into())))).collect())
+    }
+
+    /// The shared stages for the images that decoded; fills `results`.
+    async fn caption_live(&self, live: &mut Vec<Live>, results: &mut [Option<Result<Caption>>]) -> Result<()> {
+        let share = |started: Instant, live: &mut [Live], stage: &str| {
+            let ms = started.elapsed().as_secs_f64() * 1e3 / live.len().max(1) as f64;
+            for image in live {
+                image.t.0.push((stage.to_string(), ms));
+            }
         };
-        let query = read_f32(retrieval_features).await?;
-        t.stop("clip_image", started);
-        let started = t.start();
-        let memory = self.memory.top_k_async(&query, self.options.memory_caption_num, &self.device).await?;
-        t.stop("retrieval", started);
-        let captions: Vec<String> = memory.iter().map(|h| h.caption.clone()).collect();
-        let started = t.start();
-        let scene_graphs =
-            self.parser.parse_async(&captions, self.options.parser_max_input, self.options.parser_max_output).await?;
-        t.stop("parse", started);
-        let started = t.start();
-        let counts = concepts::count_entities(&scene_graphs);
-        let embeddings = self.sbert.encode_async(&counts.entities()).await?;
-        let concept_details = concepts::rank_with_embeddings(counts, &embeddings, &captions)?;
-        t.stop("concepts", started);
-        let concepts = concept_details.concepts.clone();
-        let soft = t.record("mapping", || {
-            let norm = mapping_features.clone().powi_scalar(2).sum_dim(1).sqrt();
-            Ok(self.viecap.mapping_network.forward(mapping_features / norm))
-        })?;
-        let prompt = concepts::compose_prompt(&concepts);
-        let prompt_ids = self.gpt2_tokenizer.encode(&prompt, false, None)?;
-        let started = t.start();
-        let beams = self.generate_async(&prompt_ids, soft).await?;
-        t.stop("generate", started);
-        let caption = beams.first().map(|b| b.text.clone()).unwrap_or_default();
-        Ok(Caption { caption, concepts, memory, scene_graphs, prompt, prompt_ids, beams, concept_details, timings_ms: t })
+        // CLIP: one pass over every image, each image once when both front-ends agree. The stage
+        // ends when the retrieval features are back on the host (GPU work is queued lazily).
+        let started = Instant::now();
+        let s = self.image_config.crop_size;
+        let mut pixels: Vec<f32> = Vec::new();
+        let (mut retrieval_rows, mut mapping_rows) = (Vec::new(), Vec::new());
+        for image in live.iter_mut() {
+            let (hf, openai) = std::mem::take(&mut image.pixels);
+            let row = pixels.len() / (3 * s * s);
+            retrieval_rows.push(row as i64);
+            pixels.extend_from_slice(&hf);
+            if hf == openai {
+                mapping_rows.push(row as i64);
+            } else {
+                mapping_rows.push(row as i64 + 1);
+                pixels.extend_from_slice(&openai);
+            }
+        }
+        let count = pixels.len() / (3 * s * s);
+        let pixels = Tensor::<1>::from_floats(pixels.as_slice(), &self.device).reshape([count, 3, s, s]);
+        let features = self.clip.image_features(pixels)?;
+        let rows = |r: &[i64]| Tensor::<1, Int>::from_ints(r, &self.device);
+        let retrieval_features = if count == live.len() { features.clone() } else { features.clone().select(0, rows(&retrieval_rows)) };
+        let mapping_features = if mapping_rows == retrieval_rows { retrieval_features.clone() } else { features.select(0, rows(&mapping_rows)) };
+        let dim = retrieval_features.dims()[1];
+        let queries: Vec<Vec<f32>> = read_f32(retrieval_features).await?.chunks(dim).map(<[f32]>::to_vec).collect();
+        share(started, live, "clip_image");
+
+        let started = Instant::now();
+        let hits = self.memory.top_k_many_async(&queries, self.options.memory_caption_num, &self.device).await?;
+        for (image, hits) in live.iter_mut().zip(hits) {
+            image.hits = hits;
+        }
+        share(started, live, "retrieval");
+
+        // A caption retrieved for several images is parsed once.
+        let started = Instant::now();
+        let (unique, index) = unique_strings(live.iter().flat_map(|image| image.hits.iter().map(|h| h.caption.as_str())));
+        let parsed =
+            self.parser.parse_async(&unique, self.options.parser_max_input, self.options.parser_max_output).await?;
+        for image in live.iter_mut() {
+            image.graphs = image.hits.iter().map(|h| parsed[index[&h.caption]].clone()).collect();
+        }
+        share(started, live, "parse");
+
+        // Entities of every image embedded in one batch, each distinct entity once.
+        let started = Instant::now();
+        let counts: Vec<concepts::EntityCounts> = live.iter().map(|image| concepts::count_entities(&image.graphs)).collect();
+        let entities: Vec<Vec<String>> = counts.iter().map(concepts::EntityCounts::entities).collect();
+        let (unique, index) = unique_strings(entities.iter().flatten().map(String::as_str));
+        let embeddings = self.sbert.encode_async(&unique).await?;
+        let ranked: Vec<Result<Concepts>> = counts
+            .into_iter()
+            .zip(&entities)
+            .zip(live.iter())
+            .map(|((counts, entities), image)| {
+                let rows: Vec<Vec<f32>> = entities.iter().map(|e| embeddings[index[e]].clone()).collect();
+                let captions: Vec<&str> = image.hits.iter().map(|h| h.caption.as_str()).collect();
+                concepts::rank_with_embeddings(counts, &rows, &captions)
+            })
+            .collect();
+        share(started, live, "concepts");
+
+        let started = Instant::now();
+        let norm = mapping_features.clone().powi_scalar(2).sum_dim(1).sqrt();
+        let soft = self.viecap.mapping_network.forward(mapping_features / norm);
+        share(started, live, "mapping");
+
+        // Images whose concepts or prompt fail drop out here with their error.
+        let mut decoding = Vec::new();
+        for ((i, image), concept_details) in live.iter().enumerate().zip(ranked) {
+            let prepared = concept_details.and_then(|details| {
+                let prompt = concepts::compose_prompt(&details.concepts);
+                let prompt_ids = self.gpt2_tokenizer.encode(&prompt, false, None)?;
+                Ok((details, prompt, prompt_ids))
+            });
+            match prepared {
+                Ok(p) => decoding.push((i, p)),
+                Err(e) => results[image.slot] = Some(Err(e)),
+            }
+        }
+        let started = Instant::now();
+        let prompts: Vec<(&[u32], Tensor<3>)> =
+            decoding.iter().map(|(i, (_, _, ids))| (ids.as_slice(), soft.clone().narrow(0, *i, 1))).collect();
+        let beams = self.generate_many_async(&prompts).await?;
+        let ms = started.elapsed().as_secs_f64() * 1e3 / decoding.len().max(1) as f64;
+        for ((i, (concept_details, prompt, prompt_ids)), beams) in decoding.into_iter().zip(beams) {
+            let image = &mut live[i];
+            let mut t = std::mem::take(&mut image.t);
+            t.0.push(("generate".into(), ms));
+            let caption = beams.first().map(|b| b.text.clone()).unwrap_or_default();
+            results[image.slot] = Some(Ok(Caption {
+                caption,
+                concepts: concept_details.concepts.clone(),
+                memory: std::mem::take(&mut image.hits),
+                scene_graphs: std::mem::take(&mut image.graphs),
+                prompt,
+                prompt_ids,
+                beams,
+                concept_details,
+                timings_ms: t,
+            }));
+        }
+        Ok(())
     }
 
     /// Decodes from the hard prompt ids and the soft prompt `[1, k, d]` in the configured order.
@@ -425,29 +529,70 @@ impl Captioner {
 
     /// [`Self::generate`] with asynchronous read-backs (WebGPU in the browser).
     pub async fn generate_async(&self, prompt_ids: &[u32], soft: Tensor<3>) -> Result<Vec<Beam>> {
+        let mut one = self.generate_many_async(&[(prompt_ids, soft)]).await?;
+        Ok(one.pop().unwrap_or_default())
+    }
+
+    /// [`Self::generate`] for several images' prompts, decoded together (see
+    /// [`decode::beam_search_many`]).
+    pub async fn generate_many_async(&self, prompts: &[(&[u32], Tensor<3>)]) -> Result<Vec<Vec<Beam>>> {
         let gpt = &self.viecap.gpt;
-        let hard = gpt.embed_tokens(ids_tensor(&[prompt_ids.to_vec()], &self.device));
-        let prefix = match self.options.prompt_order {
-            PromptOrder::HardFirst => Tensor::cat(vec![hard, soft], 1),
-            PromptOrder::SoftFirst => Tensor::cat(vec![soft, hard], 1),
-            PromptOrder::OnlyHard => hard,
-        };
+        let prefixes: Vec<Tensor<3>> = prompts
+            .iter()
+            .map(|(prompt_ids, soft)| {
+                let hard = gpt.embed_tokens(ids_tensor(&[prompt_ids.to_vec()], &self.device));
+                match self.options.prompt_order {
+                    PromptOrder::HardFirst => Tensor::cat(vec![hard, soft.clone()], 1),
+                    PromptOrder::SoftFirst => Tensor::cat(vec![soft.clone(), hard], 1),
+                    PromptOrder::OnlyHard => hard,
+                }
+            })
+            .collect();
         let mut cfg = SearchConfig {
             beam_width: 1,
             max_new_tokens: self.options.max_new_tokens,
             stop_ids: self.stop_ids.clone(),
             ignore_stop: false,
         };
-        let hypotheses: Vec<Hypothesis> = match self.options.search {
+        let hypotheses: Vec<Vec<Hypothesis>> = match self.options.search {
             Search::Beam { width } => {
                 cfg.beam_width = width;
-                decode::beam_search_async(gpt, prefix, &cfg).await?
+                decode::beam_search_many_async(gpt, prefixes, &cfg).await?
             }
-            Search::Greedy => vec![decode::greedy_search_async(gpt, prefix, &cfg).await?],
+            Search::Greedy => decode::greedy_search_many_async(gpt, prefixes, &cfg).await?.into_iter().map(|h| vec![h]).collect(),
         };
         hypotheses
             .into_iter()
-            .map(|h| Ok(Beam { text: self.gpt2_tokenizer.decode_clean(&h.tokens, false)?, score: h.score, tokens: h.tokens }))
+            .map(|beams| {
+                beams
+                    .into_iter()
+                    .map(|h| Ok(Beam { text: self.gpt2_tokenizer.decode_clean(&h.tokens, false)?, score: h.score, tokens: h.tokens }))
+                    .collect()
+            })
             .collect()
     }
+}
+
+/// One image on its way through [`Captioner::caption_batch`].
+struct Live {
+    /// Its index in the batch.
+    slot: usize,
+    t: Timings,
+    /// Preprocessed for the Hugging Face and the OpenAI front-ends (taken by the CLIP stage).
+    pixels: (Vec<f32>, Vec<f32>),
+    hits: Vec<Hit>,
+    graphs: Vec<String>,
+}
+
+/// Distinct strings in first-seen order, and each one's index among them.
+fn unique_strings<'a>(items: impl Iterator<Item = &'a str>) -> (Vec<String>, std::collections::HashMap<String, usize>) {
+    let mut unique = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for item in items {
+        index.entry(item.to_string()).or_insert_with(|| {
+            unique.push(item.to_string());
+            unique.len() - 1
+        });
+    }
+    (unique, index)
 }

@@ -17,7 +17,7 @@
 //! store decide when to use it.
 
 /// Rows multiplied together in one pass over the weights (register blocking).
-const MAX_ROWS: usize = 8;
+pub const MAX_ROWS: usize = 8;
 /// From this many rows on the packed kernel is faster: below it, repacking the weights costs
 /// more than it saves (measured on 2 cores: equal at ~20 rows with weights in L3, streaming
 /// ahead when they come from DRAM; packed 95-107 GFLOP/s at 100 rows against 50-68 streaming).

@@ -82,6 +82,41 @@ fn gpt2_hidden_states_logits_and_cache() {
     }
 }
 
+/// Prefixes of different lengths searched together (one decoding step for all of them) give
+/// what each gives alone: the same ids, scores equal to within float rounding.
+#[test]
+fn searches_over_many_prefixes_match_each_prefix_alone() {
+    let exp = expected("gpt2.safetensors");
+    for (name, device) in devices() {
+        let model = load_viecap(&device);
+        let gpt = &model.gpt;
+        let embeds = tensor::<3>(&exp["inputs_embeds"], &device);
+        let [rows, t, _] = embeds.dims();
+        let prefixes: Vec<_> = (0..3 * rows).map(|i| embeds.clone().narrow(0, i % rows, 1).narrow(1, 0, t - i % t.min(3))).collect();
+        for width in [1, 3] {
+            let cfg = meacap::decode::SearchConfig { beam_width: width, max_new_tokens: 6, stop_ids: vec![7, 11], ignore_stop: false };
+            let together = meacap::decode::beam_search_many(gpt, prefixes.clone(), &cfg).unwrap();
+            let greedy = meacap::decode::greedy_search_many(gpt, prefixes.clone(), &cfg).unwrap();
+            assert_eq!(together.len(), prefixes.len());
+            for (i, prefix) in prefixes.iter().enumerate() {
+                let alone = meacap::decode::beam_search(gpt, prefix.clone(), &cfg).unwrap();
+                assert_eq!(together[i].len(), alone.len(), "{name} width {width} prefix {i}: beams");
+                for (a, b) in together[i].iter().zip(&alone) {
+                    assert_eq!(a.tokens, b.tokens, "{name} width {width} prefix {i}: beam tokens");
+                    assert!((a.score - b.score).abs() <= 1e-5, "{name} width {width} prefix {i}: {} vs {}", a.score, b.score);
+                }
+                let alone = meacap::decode::greedy_search(gpt, prefix.clone(), &cfg).unwrap();
+                assert_eq!(greedy[i].tokens, alone.tokens, "{name} prefix {i}: greedy tokens");
+                assert!((greedy[i].score - alone.score).abs() <= 1e-5, "{name} prefix {i}: greedy score");
+            }
+        }
+        // A prefix holding two sequences is refused with an error, not a panic.
+        let two = Tensor::cat(vec![prefixes[0].clone(), prefixes[0].clone()], 0);
+        let cfg = meacap::decode::SearchConfig { beam_width: 2, max_new_tokens: 2, stop_ids: vec![], ignore_stop: true };
+        assert!(meacap::decode::beam_search_many(gpt, vec![prefixes[0].clone(), two], &cfg).is_err());
+    }
+}
+
 #[test]
 fn viecap_mapping_network() {
     let exp = expected("viecap.safetensors");

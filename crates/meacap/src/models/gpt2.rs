@@ -168,36 +168,69 @@ impl Gpt2 {
     /// Runs `inputs_embeds` `[batch, seq, d]` after the cached positions (positions continue from
     /// `cache.len()`), extends the cache, and returns the final hidden states `[batch, seq, d]`.
     pub fn forward(&self, inputs_embeds: Tensor<3>, cache: &mut KvCache) -> Result<Tensor<3>> {
-        let [_, seq, _] = inputs_embeds.dims();
-        let past = cache.len();
-        if past + seq > self.config.n_positions {
+        let rows = inputs_embeds.dims()[0];
+        self.forward_groups(inputs_embeds, std::slice::from_mut(cache), &[rows])
+    }
+
+    /// [`Self::forward`] for independent sequences stacked along the batch: group `g` is the next
+    /// `group_rows[g]` rows of `inputs_embeds` and continues `caches[g]`, whose length may differ
+    /// from the other groups'. The dense layers run once over every row (on a CPU a decoding step
+    /// streams each weight matrix once for all the groups); attention runs per group over its own
+    /// cache, so no padding or mask enters and each group computes what it computes alone.
+    pub fn forward_groups(&self, inputs_embeds: Tensor<3>, caches: &mut [KvCache], group_rows: &[usize]) -> Result<Tensor<3>> {
+        let [rows, seq, d_model] = inputs_embeds.dims();
+        if caches.len() != group_rows.len() || group_rows.iter().sum::<usize>() != rows || group_rows.contains(&0) {
             return Err(Error::InvalidInput(format!(
-                "GPT-2 sequence of {} positions exceeds n_positions {}",
-                past + seq,
-                self.config.n_positions
+                "GPT-2: {} caches and groups of {group_rows:?} rows for a batch of {rows}",
+                caches.len()
             )));
         }
+        let pasts: Vec<usize> = caches.iter().map(KvCache::len).collect();
+        for &past in &pasts {
+            if past + seq > self.config.n_positions {
+                return Err(Error::InvalidInput(format!(
+                    "GPT-2 sequence of {} positions exceeds n_positions {}",
+                    past + seq,
+                    self.config.n_positions
+                )));
+            }
+        }
         let device = inputs_embeds.device();
-        let positions = self.wpe.clone().narrow(0, past, seq).unsqueeze::<3>();
+        let positions = if pasts.iter().all(|&p| p == pasts[0]) {
+            self.wpe.clone().narrow(0, pasts[0], seq).unsqueeze::<3>()
+        } else {
+            let ids: Vec<i64> = pasts
+                .iter()
+                .zip(group_rows)
+                .flat_map(|(&past, &n)| (0..n).flat_map(move |_| (past..past + seq).map(|p| p as i64)))
+                .collect();
+            let ids = Tensor::<1, Int>::from_ints(ids.as_slice(), &device);
+            self.wpe.clone().select(0, ids).reshape([rows, seq, d_model])
+        };
         let mut x = inputs_embeds + positions;
-        let mask = (seq > 1).then(|| causal_mask(seq, past, &device));
-        let fresh = cache.layers.is_empty();
+        let masks: Vec<Option<Tensor<4>>> = pasts.iter().map(|&past| (seq > 1).then(|| causal_mask(seq, past, &device))).collect();
+        let starts: Vec<usize> = group_rows.iter().scan(0, |at, &n| { let s = *at; *at += n; Some(s) }).collect();
         for (i, block) in self.h.iter().enumerate() {
             let a = &block.attn;
             let qkv = a.c_attn.forward(block.ln_1.forward(x.clone()));
             let d = qkv.dims()[2] / 3;
-            let q = split_heads(qkv.clone().narrow(2, 0, d), a.n_head);
-            let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
-            let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
-            if fresh {
-                cache.layers.push((k.clone(), v.clone()));
-            } else {
-                let (ck, cv) = &cache.layers[i];
-                k = Tensor::cat(vec![ck.clone(), k], 2);
-                v = Tensor::cat(vec![cv.clone(), v], 2);
-                cache.layers[i] = (k.clone(), v.clone());
+            let mut outs = Vec::with_capacity(caches.len());
+            for (g, cache) in caches.iter_mut().enumerate() {
+                let qkv = if group_rows.len() == 1 { qkv.clone() } else { qkv.clone().narrow(0, starts[g], group_rows[g]) };
+                let q = split_heads(qkv.clone().narrow(2, 0, d), a.n_head);
+                let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
+                let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
+                if cache.layers.len() <= i {
+                    cache.layers.push((k.clone(), v.clone()));
+                } else {
+                    let (ck, cv) = &cache.layers[i];
+                    k = Tensor::cat(vec![ck.clone(), k], 2);
+                    v = Tensor::cat(vec![cv.clone(), v], 2);
+                    cache.layers[i] = (k.clone(), v.clone());
+                }
+                outs.push(merge_heads(attention(q, k, v, a.scale, masks[g].clone())));
             }
-            let out = merge_heads(attention(q, k, v, a.scale, mask.clone()));
+            let out = if outs.len() == 1 { outs.pop().expect("one group") } else { Tensor::cat(outs, 0) };
             x = x + a.c_proj.forward(out);
             let m = &block.mlp;
             x = x.clone() + m.c_proj.forward(m.c_fc.forward_act(block.ln_2.forward(x), m.act));
