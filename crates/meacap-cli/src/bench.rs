@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// New tokens of the GPT-2 beam search (forced: stop tokens are ignored).
     #[arg(long, default_value_t = 20)]
     pub new_tokens: usize,
+    /// Images per batch for the batched rows (`caption --batch`): CLIP, retrieval, T5 parse,
+    /// MiniLM, mapping and beam search for that many images at once. 1 skips those rows.
+    #[arg(long, default_value_t = 4)]
+    pub images: usize,
     /// Only these groups (comma-separated): clip, memory, t5, minilm, viecap. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
@@ -319,6 +323,11 @@ impl Bench<'_> {
             let note = if batch == 1 { "per image pass (the pipeline does 1-2)" } else { "both front-ends in one batch" };
             self.push("CLIP image", &format!("[{batch},3,224,224]"), &times, note);
         }
+        if let Some(images) = self.batch_images() {
+            let pixels = random_tensor::<4>([2 * images, 3, 224, 224], 1.0, 9, self.dev());
+            let (times, _) = self.time(|| Ok(to_vec(clip.image_features(pixels.clone())?)?))?;
+            self.push_batch("CLIP image", &format!("[{},3,224,224]", 2 * images), images, &times, "both front-ends of every image in one batch");
+        }
         // A memory-build batch: BOS, 18 words, EOS (the largest id, where CLIP pools).
         let mut rng = XorShift::new(11);
         let ids: Vec<Vec<u32>> = (0..128)
@@ -354,6 +363,7 @@ impl Bench<'_> {
             self.push("memory bank build (f32)", &rows, &[ms], format!("1 run; check + normalise in place + upload (GPU); {rss}"));
             let (times, hits) = self.time(|| Ok(bank.top_k(&query, 5, self.dev())?))?;
             self.push("retrieval top-5 (f32)", &rows, &times, format!("{} hits; {}", hits.len(), self.retrieval_note()));
+            self.retrieval_batch(&bank, "retrieval top-5 (f32)", &rows)?;
         }
         // f16: our bank format, as `memory build --dtype f16` writes it, opened from bytes in RAM
         // (a memory-mapped file behaves the same once in the page cache).
@@ -373,7 +383,32 @@ impl Bench<'_> {
         self.push("memory bank load (f16)", &rows, &[ms], format!("1 run; file bytes in RAM; check + row norms (CPU) / widen + upload (GPU); {rss}"));
         let (times, hits) = self.time(|| Ok(bank.top_k(&query, 5, self.dev())?))?;
         self.push("retrieval top-5 (f16)", &rows, &times, format!("{} hits; {}", hits.len(), self.retrieval_note()));
+        self.retrieval_batch(&bank, "retrieval top-5 (f16)", &rows)?;
         Ok(())
+    }
+
+    /// `top_k_many` for one query per image of a batch.
+    fn retrieval_batch(&mut self, bank: &MemoryBank, stage: &str, rows: &str) -> Result<()> {
+        let Some(images) = self.batch_images() else { return Ok(()) };
+        let mut rng = XorShift::new(images as u64 + 5);
+        let queries: Vec<Vec<f32>> = (0..images).map(|_| (0..bank.dim()).map(|_| rng.uniform()).collect()).collect();
+        let (times, _) = self.time(|| Ok(bank.top_k_many(&queries, 5, self.dev())?))?;
+        self.push_batch(stage, rows, images, &times, "one query per image, the bank read once for up to 8");
+        Ok(())
+    }
+
+    /// The number of images for the batched rows, if any.
+    fn batch_images(&self) -> Option<usize> {
+        (self.args.images > 1).then_some(self.args.images)
+    }
+
+    /// A row for a whole batch of `images`: the stage gets ", N images" and the note the time
+    /// per image.
+    fn push_batch(&mut self, stage: &str, shape: &str, images: usize, times: &[f64], note: &str) -> usize {
+        let i = self.push(&format!("{stage}, {images} images"), shape, times, "");
+        let per_image = self.rows[i].median_ms / images as f64;
+        self.rows[i].note = format!("{per_image:.1} ms per image; {note}");
+        i
     }
 
     fn retrieval_note(&self) -> &'static str {
@@ -406,8 +441,17 @@ impl Bench<'_> {
         // Random weights may emit EOS (id 1) at any step: disable it so every run does the same steps.
         cfg.eos_token_id = u32::MAX;
         let t5 = self.load("Flan-T5-base", Synthetic::new("t5", t5_keys(&cfg), 2), |w| T5::load(w, &cfg))?;
+        self.t5_parse(&t5, &cfg, 1)?;
+        if let Some(images) = self.batch_images() {
+            self.t5_parse(&t5, &cfg, images)?;
+        }
+        Ok(())
+    }
+
+    /// T5 encode and parse of 5 captions per image for `images` images in one batch.
+    fn t5_parse(&mut self, t5: &T5, cfg: &T5Config, images: usize) -> Result<()> {
         let mut rng = XorShift::new(21);
-        let (rows, len) = (5usize, 20usize);
+        let (rows, len) = (5 * images, 20usize);
         let ids: Vec<Vec<u32>> = (0..rows)
             .map(|_| {
                 let mut r: Vec<u32> = (0..len - 1).map(|_| 3 + (rng.next() % 32000) as u32).collect();
@@ -418,11 +462,12 @@ impl Bench<'_> {
         let mask = vec![vec![1u32; len]; rows];
         let shape = format!("{rows} x {len} tokens");
         let (enc_times, _) = self.time(|| Ok(to_vec(t5.encode(&ids, &mask)?.hidden)?))?;
-        let enc = self.push("T5 encode", &shape, &enc_times, "");
+        let enc = if images == 1 { self.push("T5 encode", &shape, &enc_times, "") } else { self.push_batch("T5 encode", &shape, images, &enc_times, "") };
         let steps = self.args.t5_steps.max(1);
         let (gen_times, out) = self.time(|| Ok(t5.generate_greedy(&ids, &mask, steps + 1)?))?;
         let done = out.first().map_or(0, Vec::len);
-        let i = self.push("T5 parse (encode + greedy)", &format!("{shape}, {done} steps"), &gen_times, format!("{done} decoder steps done, EOS disabled"));
+        let (stage, shape, note) = ("T5 parse (encode + greedy)", format!("{shape}, {done} steps"), format!("{done} decoder steps done, EOS disabled"));
+        let i = if images == 1 { self.push(stage, &shape, &gen_times, note) } else { self.push_batch(stage, &shape, images, &gen_times, &note) };
         let step_ms = (self.rows[i].median_ms - self.rows[enc].median_ms).max(0.0) / done.max(1) as f64;
         self.rows[i].per_step_ms = Some(step_ms);
         // Decoder FLOPs per generated token (see FLOPS_FORMULA).
@@ -451,6 +496,12 @@ impl Bench<'_> {
         let mask = vec![vec![1u32; 8]; 10];
         let (times, _) = self.time(|| Ok(to_vec(bert.sentence_embeddings(&ids, &mask)?)?))?;
         self.push("MiniLM encode (entities)", "10 x 8 tokens", &times, "mean-pooled, normalised");
+        if let Some(images) = self.batch_images() {
+            let ids: Vec<Vec<u32>> = (0..images).flat_map(|_| ids.iter().cloned()).collect();
+            let mask = vec![vec![1u32; 8]; ids.len()];
+            let (times, _) = self.time(|| Ok(to_vec(bert.sentence_embeddings(&ids, &mask)?)?))?;
+            self.push_batch("MiniLM encode (entities)", &format!("{} x 8 tokens", ids.len()), images, &times, "every image's entities in one batch (no two alike)");
+        }
         Ok(())
     }
 
@@ -463,6 +514,11 @@ impl Bench<'_> {
         let feature = random_tensor::<2>([1, 512], 0.05, 41, self.dev());
         let (times, _) = self.time(|| Ok(to_vec(model.mapping_network.forward(feature.clone()))?))?;
         self.push("mapping network", "[1,512] -> [1,10,768]", &times, "");
+        if let Some(images) = self.batch_images() {
+            let features = random_tensor::<2>([images, 512], 0.05, 42, self.dev());
+            let (times, _) = self.time(|| Ok(to_vec(model.mapping_network.forward(features.clone()))?))?;
+            self.push_batch("mapping network", &format!("[{images},512] -> [{images},10,768]"), images, &times, "");
+        }
 
         let gpt = &model.gpt;
         // A ~20-embedding prompt: ~10 hard-prompt tokens + the 10-vector soft prompt.
@@ -494,6 +550,39 @@ impl Bench<'_> {
         let df = d as f64;
         let inner = gpt_cfg.n_inner.unwrap_or(4 * d) as f64;
         let matmul_params = layers * (df * 3.0 * df + df * df + 2.0 * df * inner) + df * gpt_cfg.vocab_size as f64;
+        if let Some(images) = self.batch_images() {
+            // Prompts of 18-22 embeddings: the images' prompts differ in length.
+            let prefixes: Vec<Tensor<3>> =
+                (0..images).map(|i| random_tensor::<3>([1, 18 + i % 5, d], 0.035, 80 + i as u64, self.dev())).collect();
+            let (times, _) = self.time(|| Ok(decode::beam_search_many(gpt, prefixes.clone(), &search)?))?;
+            self.push_batch(
+                "GPT-2 beam search (width 5)",
+                &format!("prompts 18-22, {new_tokens} new tokens"),
+                images,
+                &times,
+                "stop ignored; every image's beams stepped together",
+            );
+            // One step of every image's beams, each image with its own cache of 40.
+            let mut caches: Vec<KvCache> = Vec::with_capacity(images);
+            for i in 0..images {
+                let mut cache = KvCache::default();
+                gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 90 + i as u64, self.dev()), &mut cache)?;
+                caches.push(cache);
+            }
+            let step = random_tensor::<3>([beams * images, 1, d], 0.035, 99, self.dev());
+            let groups = vec![beams; images];
+            let (times, _) = self.time(|| {
+                let mut c = caches.clone();
+                let h = gpt.forward_groups(step.clone(), &mut c, &groups)?;
+                Ok(to_vec(activation::softmax(gpt.last_logits(h), 1).log())?)
+            })?;
+            let i = self.push_batch("GPT-2 step (KV cache)", &format!("batch {}, cache 40 each", beams * images), images, &times, "");
+            let flops = (beams * images) as f64 * (2.0 * matmul_params + 4.0 * layers * df * 41.0);
+            let ms = self.rows[i].median_ms;
+            self.rows[i].per_step_ms = Some(ms);
+            self.rows[i].gflops = Some(flops / (ms * 1e-3) / 1e9);
+            self.rows[i].note.push_str(&format!("; {beams} beams per image; {:.2} GFLOP/step", flops / 1e9));
+        }
         for past in [40usize, 80] {
             let mut cache = KvCache::default();
             gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64, self.dev()), &mut cache)?;

@@ -248,6 +248,49 @@ fn batch_with_a_corrupt_image_goes_on_and_resumes() {
     assert_eq!(images, ["batch/a.png", "batch/c.png"]);
 }
 
+/// `--batch` changes how images are grouped, not what they get: the same captions, beams and
+/// scores one at a time and in batches (a bad file in the middle of a batch included).
+#[test]
+fn batch_sizes_give_the_same_captions() {
+    let tree = Tree::new();
+    let f = fixtures().join("pipeline/images");
+    let batch = tree.path("mixed");
+    std::fs::create_dir_all(&batch).unwrap();
+    for (i, entry) in std::fs::read_dir(&f).unwrap().enumerate() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, batch.join(format!("{i}-{}", path.file_name().unwrap().to_string_lossy()))).unwrap();
+    }
+    std::fs::write(batch.join("1-broken.png"), b"\x89PNG\r\n\x1a\n not really").unwrap();
+    let by_image = |size: &str| {
+        let run = tree.run(&["caption", "--offline", "--device", "cpu", "--json", "--image-path", "mixed", "--batch", size]);
+        assert!(!run.ok(), "the broken file must make the exit code non-zero");
+        assert!(run.stderr.contains("1-broken.png"), "{}", run.stderr);
+        run.stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["image"].as_str().unwrap().to_string(), (v["caption"].clone(), v["beams"].clone(), v["concepts"].clone()))
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let one = by_image("1");
+    assert_eq!(one.len(), std::fs::read_dir(&f).unwrap().count(), "every good image captioned");
+    for size in ["2", "64"] {
+        let batched = by_image(size);
+        assert_eq!(batched.keys().collect::<Vec<_>>(), one.keys().collect::<Vec<_>>(), "--batch {size}: images");
+        for (image, (caption, beams, concepts)) in &one {
+            let (c, b, k) = &batched[image];
+            assert_eq!((c, k), (caption, concepts), "--batch {size}: {image}");
+            let tokens = |b: &serde_json::Value| b.as_array().unwrap().iter().map(|x| x["tokens"].clone()).collect::<Vec<_>>();
+            assert_eq!(tokens(b), tokens(beams), "--batch {size}: {image} beams");
+            for (x, y) in b.as_array().unwrap().iter().zip(beams.as_array().unwrap()) {
+                let (x, y) = (x["score"].as_f64().unwrap(), y["score"].as_f64().unwrap());
+                assert!((x - y).abs() <= 1e-5, "--batch {size}: {image} beam score {x} vs {y}");
+            }
+        }
+    }
+}
+
 // (e) -----------------------------------------------------------------------------------------
 
 #[test]

@@ -41,9 +41,8 @@ async fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
     let logits = gpt.last_logits(hidden);
     let vocab = logits.dims()[1];
     let mut values = read_f32(logits).await?;
-    for row in values.chunks_mut(vocab) {
-        softmax_log_in_place(row);
-    }
+    // One row per task: the rows (beams of every image in a batch) are independent.
+    crate::parallel::for_each_chunk(&mut values, vocab.max(1), |(_, row)| softmax_log_in_place(row));
     Ok((values, vocab))
 }
 
