@@ -265,6 +265,16 @@ struct DecoderCache {
     cross_kv: Vec<(Tensor<4>, Tensor<4>)>,
 }
 
+impl DecoderCache {
+    /// Keeps the batch rows `rows` (in that order) of every cached key and value.
+    fn select(&mut self, rows: Tensor<1, Int>) {
+        for (k, v) in self.self_kv.iter_mut().chain(self.cross_kv.iter_mut()) {
+            *k = k.clone().select(0, rows.clone());
+            *v = v.clone().select(0, rows.clone());
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct T5 {
     pub config: T5Config,
@@ -393,7 +403,7 @@ impl T5 {
         attention_mask: &[Vec<u32>],
         max_length: usize,
     ) -> Result<Vec<Vec<u32>>> {
-        let enc = self.encode(ids, attention_mask)?;
+        let mut enc = self.encode(ids, attention_mask)?;
         let device = self.shared.device();
         let b = ids.len();
         let start = self.config.decoder_start_token_id.unwrap_or(self.config.pad_token_id);
@@ -401,33 +411,46 @@ impl T5 {
         let mut cache = self.new_cache(&enc);
         let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut finished = vec![false; b];
+        // The input row behind each row of the running batch: rows that produced EOS leave the
+        // batch (rows never interact, so the others compute the same), and a step costs what
+        // the rows still running cost.
+        let mut live: Vec<usize> = (0..b).collect();
         // The next ids are chosen on the device (argmax) and read back every `STEPS_PER_READ`
         // steps on a GPU: a read-back per step would make the GPU wait for the host to issue each
         // step and the host wait for the GPU. Steps past the point where every row finished are
-        // discarded unread. A finished row is fed its argmax rather than HF's pad: rows never
-        // interact, and what a row produces after its EOS is dropped, so the output is the same.
+        // discarded unread. Until the next read-back a finished row is fed its argmax rather
+        // than HF's pad: what a row produces after its EOS is dropped, so the output is the same.
         let steps_per_read = if crate::device::is_cpu(&device) { 1 } else { STEPS_PER_READ };
         let mut next = Tensor::<1, Int>::from_ints(vec![start as i64; b].as_slice(), &device);
         let mut pending: Vec<Tensor<1, Int>> = Vec::new();
         let steps = max_length.max(1) - 1;
         for step in 0..steps {
-            let logits = self.decode_step(next.reshape([b, 1]), &enc, &mut cache);
-            next = logits.reshape([b, self.config.vocab_size]).argmax(1).reshape([b]);
+            let n = live.len();
+            let logits = self.decode_step(next.reshape([n, 1]), &enc, &mut cache);
+            next = logits.reshape([n, self.config.vocab_size]).argmax(1).reshape([n]);
             pending.push(next.clone());
             if pending.len() < steps_per_read && step + 1 < steps {
                 continue;
             }
             let chosen = super::read_i64(Tensor::cat(std::mem::take(&mut pending), 0)).await?;
-            for ids in chosen.chunks(b) {
-                for row in 0..b {
+            for ids in chosen.chunks(n) {
+                for (&row, &id) in live.iter().zip(ids) {
                     if !finished[row] {
-                        out[row].push(ids[row] as u32);
-                        finished[row] = ids[row] as u32 == eos;
+                        out[row].push(id as u32);
+                        finished[row] = id as u32 == eos;
                     }
                 }
-                if finished.iter().all(|&f| f) {
-                    return Ok(out);
-                }
+            }
+            if finished.iter().all(|&f| f) {
+                return Ok(out);
+            }
+            let keep: Vec<usize> = (0..n).filter(|&r| !finished[live[r]]).collect();
+            if keep.len() < n {
+                let rows = Tensor::<1, Int>::from_ints(keep.iter().map(|&r| r as i64).collect::<Vec<_>>().as_slice(), &device);
+                cache.select(rows.clone());
+                enc.mask = enc.mask.select(0, rows.clone());
+                next = next.select(0, rows);
+                live = keep.iter().map(|&r| live[r]).collect();
             }
         }
         Ok(out)
