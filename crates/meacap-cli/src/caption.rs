@@ -328,7 +328,10 @@ fn caption_chunk(captioner: &Captioner, names: &[String], read: &[std::io::Resul
         .collect();
     let mut captioned = match captioner.caption_batch(&batch) {
         Ok(results) => results.into_iter(),
-        Err(_) if batch.len() > 1 => batch.iter().map(|(bytes, name)| captioner.caption(bytes, name)).collect::<Vec<_>>().into_iter(),
+        Err(e) if batch.len() > 1 => {
+            eprintln!("warning: a batch of {} images failed ({e}); captioning them one at a time", batch.len());
+            batch.iter().map(|(bytes, name)| captioner.caption(bytes, name)).collect::<Vec<_>>().into_iter()
+        }
         Err(e) => vec![Err(e)].into_iter(),
     };
     names

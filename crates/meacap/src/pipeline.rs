@@ -409,7 +409,7 @@ impl Captioner {
     }
 
     /// The shared stages for the images that decoded; fills `results`.
-    async fn caption_live(&self, live: &mut Vec<Live>, results: &mut [Option<Result<Caption>>]) -> Result<()> {
+    async fn caption_live(&self, live: &mut [Live], results: &mut [Option<Result<Caption>>]) -> Result<()> {
         let share = |started: Instant, live: &mut [Live], stage: &str| {
             let ms = started.elapsed().as_secs_f64() * 1e3 / live.len().max(1) as f64;
             for image in live {
