@@ -107,6 +107,20 @@ fn check_retrieval(device: &Device, label: &str) {
     for (h, r) in a.iter().zip(&reference) {
         assert!((h.score as f64 - r.1).abs() < 1e-6, "{label}: {} vs {}", h.score, r.1);
     }
+    // Many queries at once (more than one group of eight): each gets what it gets alone.
+    let queries: Vec<Vec<f32>> = (0..11).map(|i| random_rows(1, d, 200 + i)).collect();
+    for bank in [&whole, &chunked] {
+        let many = bank.top_k_many(&queries, 10, device).unwrap();
+        assert_eq!(many.len(), queries.len(), "{label}");
+        for (q, hits) in queries.iter().zip(&many) {
+            assert_eq!(hits, &bank.top_k(q, 10, device).unwrap(), "{label}: top_k_many differs from top_k");
+        }
+        assert_eq!(block_on(bank.top_k_many_async(&queries, 10, device)).unwrap(), many, "{label}: async");
+        assert!(bank.top_k_many(&[], 10, device).unwrap().is_empty());
+        let mut bad = queries.clone();
+        bad[9] = vec![0.0; d];
+        assert!(matches!(bank.top_k_many(&bad, 3, device), Err(Error::InvalidInput(_))), "{label}: a zero query among many");
+    }
     // k larger than the bank, and k = 0.
     assert_eq!(chunked.top_k(&q, 5000, device).unwrap().len(), n);
     assert!(chunked.top_k(&q, 0, device).unwrap().is_empty());

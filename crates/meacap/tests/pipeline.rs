@@ -142,6 +142,10 @@ fn batch_matches_reference_and_keeps_bad_images_apart() {
                 }
             }
             assert_eq!(good, 2 * images.len(), "{device_name} {mode}: every good image captioned");
+            // No image, and only bad ones: results, not panics.
+            assert!(captioner.caption_batch(&[]).unwrap().is_empty());
+            let bad = captioner.caption_batch(&[(&truncated[..], "a.png"), (&[], "b.png")]).unwrap();
+            assert!(bad.len() == 2 && bad.iter().all(Result::is_err), "{device_name} {mode}: bad-only batch");
         }
     }
 }
