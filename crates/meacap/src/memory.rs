@@ -26,6 +26,7 @@ use std::io::Write;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 
+use crate::device::block_on;
 use crate::error::{Error, Result};
 use crate::files::{FileBytes, ModelFiles};
 use crate::rowmatmul;
@@ -477,10 +478,11 @@ impl MemoryBank {
 
     /// [`Self::top_k`] for several queries (one per image). A CPU bank is read once for up to
     /// eight queries (the scan is bound by reading the bank); each query's scores are summed
-    /// exactly as [`Self::top_k`] sums them, so the hits are the same.
+    /// exactly as [`Self::top_k`] sums them, so the hits are the same. A device bank scores all
+    /// queries in one matmul per chunk (the same hits up to the device's float rounding).
     pub fn top_k_many(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
         let Store::Host(rows) = &self.store else {
-            return queries.iter().map(|q| self.top_k(q, k, device)).collect();
+            return block_on(self.top_k_many_async(queries, k, device));
         };
         let mut hits = Vec::with_capacity(queries.len());
         for group in queries.chunks(rowmatmul::MAX_ROWS) {
@@ -494,16 +496,40 @@ impl MemoryBank {
         Ok(hits)
     }
 
-    /// [`Self::top_k_many`] with asynchronous read-backs, for WebGPU in the browser.
+    /// [`Self::top_k_many`] with asynchronous read-backs, for WebGPU in the browser. A device
+    /// bank scores every query in one matmul per chunk and one read-back.
     pub async fn top_k_many_async(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
-        if matches!(self.store, Store::Host(_)) {
+        let Store::Device(chunks) = &self.store else {
             return self.top_k_many(queries, k, device);
+        };
+        if queries.len() <= 1 {
+            let mut hits = Vec::with_capacity(queries.len());
+            for query in queries {
+                hits.push(self.top_k_async(query, k, device).await?);
+            }
+            return Ok(hits);
         }
-        let mut hits = Vec::with_capacity(queries.len());
-        for query in queries {
-            hits.push(self.top_k_async(query, k, device).await?);
-        }
-        Ok(hits)
+        let m = queries.len();
+        let normalized = queries.iter().map(|q| self.query(q)).collect::<Result<Vec<_>>>()?;
+        // `[dim, m]`: query j in column j.
+        let columns: Vec<f32> = (0..self.dim).flat_map(|d| normalized.iter().map(move |q| q[d])).collect();
+        let q = Tensor::<2>::from_data(TensorData::new(columns, [self.dim, m]), device);
+        let parts: Vec<Tensor<2>> = chunks
+            .iter()
+            .map(|c| if device == &self.device { c.clone() } else { c.clone().to_device(device) }.matmul(q.clone()))
+            .collect();
+        let data = Tensor::cat(parts, 0)
+            .into_data_async()
+            .await
+            .map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
+        // `[n, m]` row-major.
+        let all = data.try_into_vec_as::<f32>().map_err(|e| Error::Device(format!("memory scores: {e:?}")))?;
+        (0..m)
+            .map(|j| {
+                let scores: Vec<f32> = all.iter().skip(j).step_by(m).copied().collect();
+                self.select(&scores, k)
+            })
+            .collect()
     }
 
     /// [`Self::top_k`] with an asynchronous read-back, for WebGPU in the browser.

@@ -113,7 +113,16 @@ fn check_retrieval(device: &Device, label: &str) {
         let many = bank.top_k_many(&queries, 10, device).unwrap();
         assert_eq!(many.len(), queries.len(), "{label}");
         for (q, hits) in queries.iter().zip(&many) {
-            assert_eq!(hits, &bank.top_k(q, 10, device).unwrap(), "{label}: top_k_many differs from top_k");
+            let alone = bank.top_k(q, 10, device).unwrap();
+            if label == "flex" {
+                // The CPU sums each query's scores exactly as alone.
+                assert_eq!(hits, &alone, "{label}: top_k_many differs from top_k");
+            } else {
+                assert_eq!(indices(hits), indices(&alone), "{label}: top_k_many differs from top_k");
+                for (a, b) in hits.iter().zip(&alone) {
+                    assert!((a.score - b.score).abs() <= 1e-6, "{label}: {} vs {}", a.score, b.score);
+                }
+            }
         }
         assert_eq!(block_on(bank.top_k_many_async(&queries, 10, device)).unwrap(), many, "{label}: async");
         assert!(bank.top_k_many(&[], 10, device).unwrap().is_empty());
