@@ -369,7 +369,8 @@ impl Captioner {
 
     /// Captions several images together: one result per image, in order; an image that cannot
     /// be decoded (or whose stage fails on its own) gets its error without affecting the others.
-    /// Each image's caption is the one [`Self::caption`] gives it: the networks run once over
+    /// Each image's caption is the one [`Self::caption`] gives it (the same arithmetic per image;
+    /// only a batch's padding and matmul blocking can move the last bits): the networks run once over
     /// the whole batch (CLIP, the mapping network), the memory is scanned once for up to eight
     /// queries, captions retrieved for several images are parsed once, and beam search steps
     /// every image's beams together, which is where a CPU gains (a decoding step is bound by
