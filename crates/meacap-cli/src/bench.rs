@@ -403,8 +403,11 @@ impl Bench<'_> {
     }
 
     /// A row for a whole batch of `images`: the stage gets ", N images" and the note the time
-    /// per image.
+    /// per image (one image: a plain row).
     fn push_batch(&mut self, stage: &str, shape: &str, images: usize, times: &[f64], note: &str) -> usize {
+        if images == 1 {
+            return self.push(stage, shape, times, note);
+        }
         let i = self.push(&format!("{stage}, {images} images"), shape, times, "");
         let per_image = self.rows[i].median_ms / images as f64;
         self.rows[i].note = format!("{per_image:.1} ms per image; {note}");
@@ -462,12 +465,12 @@ impl Bench<'_> {
         let mask = vec![vec![1u32; len]; rows];
         let shape = format!("{rows} x {len} tokens");
         let (enc_times, _) = self.time(|| Ok(to_vec(t5.encode(&ids, &mask)?.hidden)?))?;
-        let enc = if images == 1 { self.push("T5 encode", &shape, &enc_times, "") } else { self.push_batch("T5 encode", &shape, images, &enc_times, "") };
+        let enc = self.push_batch("T5 encode", &shape, images, &enc_times, "");
         let steps = self.args.t5_steps.max(1);
         let (gen_times, out) = self.time(|| Ok(t5.generate_greedy(&ids, &mask, steps + 1)?))?;
         let done = out.first().map_or(0, Vec::len);
-        let (stage, shape, note) = ("T5 parse (encode + greedy)", format!("{shape}, {done} steps"), format!("{done} decoder steps done, EOS disabled"));
-        let i = if images == 1 { self.push(stage, &shape, &gen_times, note) } else { self.push_batch(stage, &shape, images, &gen_times, &note) };
+        let note = format!("{done} decoder steps done, EOS disabled");
+        let i = self.push_batch("T5 parse (encode + greedy)", &format!("{shape}, {done} steps"), images, &gen_times, &note);
         let step_ms = (self.rows[i].median_ms - self.rows[enc].median_ms).max(0.0) / done.max(1) as f64;
         self.rows[i].per_step_ms = Some(step_ms);
         // Decoder FLOPs per generated token (see FLOPS_FORMULA).
@@ -544,12 +547,6 @@ impl Bench<'_> {
         let per = (self.rows[i].median_ms - self.rows[pre].median_ms).max(0.0) / (new_tokens.saturating_sub(1).max(1)) as f64;
         self.rows[i].per_step_ms = Some(per);
 
-        // One decoder step for 5 beams with a cache of `past` positions, as in a long beam search.
-        let beams = 5;
-        let layers = gpt_cfg.n_layer as f64;
-        let df = d as f64;
-        let inner = gpt_cfg.n_inner.unwrap_or(4 * d) as f64;
-        let matmul_params = layers * (df * 3.0 * df + df * df + 2.0 * df * inner) + df * gpt_cfg.vocab_size as f64;
         if let Some(images) = self.batch_images() {
             // Prompts of 18-22 embeddings: the images' prompts differ in length.
             let prefixes: Vec<Tensor<3>> =
@@ -562,42 +559,38 @@ impl Bench<'_> {
                 &times,
                 "stop ignored; every image's beams stepped together",
             );
-            // One step of every image's beams, each image with its own cache of 40.
-            let mut caches: Vec<KvCache> = Vec::with_capacity(images);
+        }
+
+        // One decoder step for 5 beams with a cache of `past` positions, as in a long beam search.
+        let beams = 5;
+        let layers = gpt_cfg.n_layer as f64;
+        let df = d as f64;
+        let inner = gpt_cfg.n_inner.unwrap_or(4 * d) as f64;
+        let matmul_params = layers * (df * 3.0 * df + df * df + 2.0 * df * inner) + df * gpt_cfg.vocab_size as f64;
+        // And one step of a batch's images, each image's beams over their own cache.
+        let mut steps = vec![(1usize, 40usize), (1, 80)];
+        steps.extend(self.batch_images().map(|images| (images, 40)));
+        for (images, past) in steps {
+            let mut caches = Vec::with_capacity(images);
             for i in 0..images {
                 let mut cache = KvCache::default();
-                gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 90 + i as u64, self.dev()), &mut cache)?;
+                gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64 + 100 * i as u64, self.dev()), &mut cache)?;
                 caches.push(cache);
             }
-            let step = random_tensor::<3>([beams * images, 1, d], 0.035, 99, self.dev());
+            let step = random_tensor::<3>([beams * images, 1, d], 0.035, 60 + past as u64, self.dev());
             let groups = vec![beams; images];
             let (times, _) = self.time(|| {
                 let mut c = caches.clone();
                 let h = gpt.forward_groups(step.clone(), &mut c, &groups)?;
                 Ok(to_vec(activation::softmax(gpt.last_logits(h), 1).log())?)
             })?;
-            let i = self.push_batch("GPT-2 step (KV cache)", &format!("batch {}, cache 40 each", beams * images), images, &times, "");
-            let flops = (beams * images) as f64 * (2.0 * matmul_params + 4.0 * layers * df * 41.0);
+            let shape = if images == 1 { format!("batch {beams}, cache {past}") } else { format!("batch {}, cache {past} each", beams * images) };
+            let i = self.push_batch("GPT-2 step (KV cache)", &shape, images, &times, "last-position logits + softmax.log read back");
+            let flops = (beams * images) as f64 * (2.0 * matmul_params + 4.0 * layers * df * (past + 1) as f64);
             let ms = self.rows[i].median_ms;
             self.rows[i].per_step_ms = Some(ms);
             self.rows[i].gflops = Some(flops / (ms * 1e-3) / 1e9);
-            self.rows[i].note.push_str(&format!("; {beams} beams per image; {:.2} GFLOP/step", flops / 1e9));
-        }
-        for past in [40usize, 80] {
-            let mut cache = KvCache::default();
-            gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64, self.dev()), &mut cache)?;
-            let step = random_tensor::<3>([beams, 1, d], 0.035, 60 + past as u64, self.dev());
-            let (times, _) = self.time(|| {
-                let mut c = cache.clone();
-                let h = gpt.forward(step.clone(), &mut c)?;
-                Ok(to_vec(activation::softmax(gpt.last_logits(h), 1).log())?)
-            })?;
-            let i = self.push("GPT-2 step (KV cache)", &format!("batch {beams}, cache {past}"), &times, "");
-            let flops = beams as f64 * (2.0 * matmul_params + 4.0 * layers * df * (past + 1) as f64);
-            let ms = self.rows[i].median_ms;
-            self.rows[i].per_step_ms = Some(ms);
-            self.rows[i].gflops = Some(flops / (ms * 1e-3) / 1e9);
-            self.rows[i].note = format!("last-position logits + softmax.log read back; {:.2} GFLOP/step", flops / 1e9);
+            self.rows[i].note.push_str(&format!("; {:.2} GFLOP/step", flops / 1e9));
         }
 
         // Where a step's time goes: the fixed cost of one read-back, a step whose read-back is 5

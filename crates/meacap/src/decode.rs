@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::models::gpt2::{Gpt2, KvCache};
 use crate::device::block_on;
-use crate::models::read_f32;
+use crate::models::{read_f32, rows_tensor};
 
 #[derive(Clone, Debug)]
 pub struct SearchConfig {
@@ -186,10 +186,6 @@ impl Beams {
         hypotheses.sort_by(|a, b| b.score.total_cmp(&a.score));
         hypotheses
     }
-}
-
-fn rows_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
-    Tensor::<1, Int>::from_ints(rows.iter().map(|&r| r as i64).collect::<Vec<_>>().as_slice(), device)
 }
 
 /// Checks that every prefix is one sequence `[1, seq, d]`.

@@ -421,29 +421,28 @@ impl MemoryBank {
         Ok(q)
     }
 
-    /// CPU banks: every row's cosine with `query`, on the host.
-    fn host_scores(&self, rows: &HostRows, query: &[f32]) -> Result<Vec<f32>> {
-        Ok(rows.scores(&self.query(query)?, 1, self.dim, self.len()))
-    }
-
     /// Step 1 (device): the cosine of every memory row with `query`, as one `[N]` tensor on the
     /// device. `device` should be the one the bank was loaded on; another works but copies the bank.
     pub fn scores(&self, query: &[f32], device: &Device) -> Result<Tensor<1>> {
         let chunks = match &self.store {
             Store::Device(chunks) => chunks,
             Store::Host(rows) => {
-                let scores = self.host_scores(rows, query)?;
+                let scores = rows.scores(&self.query(query)?, 1, self.dim, self.len());
                 return Ok(Tensor::<1>::from_data(TensorData::new(scores, [self.len()]), device));
             }
         };
-        let q = Tensor::<2>::from_data(TensorData::new(self.query(query)?, [self.dim, 1]), device);
-        let parts: Vec<Tensor<1>> = chunks
+        Ok(self.device_scores(chunks, &[query.to_vec()], device)?.reshape([self.len()]))
+    }
+
+    /// Device banks: `[N, queries]`, query `j`'s cosines in column `j` (one matmul per chunk).
+    fn device_scores(&self, chunks: &[Tensor<2>], queries: &[Vec<f32>], device: &Device) -> Result<Tensor<2>> {
+        let normalized = queries.iter().map(|q| self.query(q)).collect::<Result<Vec<_>>>()?;
+        let m = normalized.len();
+        let columns: Vec<f32> = (0..self.dim).flat_map(|d| normalized.iter().map(move |q| q[d])).collect();
+        let q = Tensor::<2>::from_data(TensorData::new(columns, [self.dim, m]), device);
+        let parts: Vec<Tensor<2>> = chunks
             .iter()
-            .map(|c| {
-                let c = if device == &self.device { c.clone() } else { c.clone().to_device(device) };
-                let rows = c.dims()[0];
-                c.matmul(q.clone()).reshape([rows])
-            })
+            .map(|c| if device == &self.device { c.clone() } else { c.clone().to_device(device) }.matmul(q.clone()))
             .collect();
         Ok(Tensor::cat(parts, 0))
     }
@@ -467,28 +466,27 @@ impl MemoryBank {
 
     /// The `k` memories most similar to the (unnormalised) image embedding `query`.
     pub fn top_k(&self, query: &[f32], k: usize, device: &Device) -> Result<Vec<Hit>> {
-        if let Store::Host(rows) = &self.store {
-            return self.select(&self.host_scores(rows, query)?, k);
-        }
-        let scores = self.scores(query, device)?;
-        let data = scores.try_into_data().map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
-        let scores = data.try_into_vec_as::<f32>().map_err(|e| Error::Device(format!("memory scores: {e:?}")))?;
-        self.select(&scores, k)
+        Ok(self.top_k_many(&[query.to_vec()], k, device)?.pop().unwrap_or_default())
+    }
+
+    /// [`Self::top_k`] with an asynchronous read-back, for WebGPU in the browser.
+    pub async fn top_k_async(&self, query: &[f32], k: usize, device: &Device) -> Result<Vec<Hit>> {
+        Ok(self.top_k_many_async(&[query.to_vec()], k, device).await?.pop().unwrap_or_default())
     }
 
     /// [`Self::top_k`] for several queries (one per image). A CPU bank is read once for up to
     /// eight queries (the scan is bound by reading the bank); each query's scores are summed
-    /// exactly as [`Self::top_k`] sums them, so the hits are the same. A device bank scores all
-    /// queries in one matmul per chunk (the same hits up to the device's float rounding).
+    /// exactly as they are for one query alone, so the hits are the same. A device bank scores
+    /// all queries in one matmul per chunk (the same hits up to the device's float rounding).
     pub fn top_k_many(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
         let Store::Host(rows) = &self.store else {
             return block_on(self.top_k_many_async(queries, k, device));
         };
+        let n = self.len();
         let mut hits = Vec::with_capacity(queries.len());
         for group in queries.chunks(rowmatmul::MAX_ROWS) {
             let normalized = group.iter().map(|q| self.query(q)).collect::<Result<Vec<_>>>()?;
-            let scores = rows.scores(&normalized.concat(), group.len(), self.dim, self.len());
-            let n = self.len();
+            let scores = rows.scores(&normalized.concat(), group.len(), self.dim, n);
             for i in 0..group.len() {
                 hits.push(self.select(&scores[i * n..(i + 1) * n], k)?);
             }
@@ -496,54 +494,24 @@ impl MemoryBank {
         Ok(hits)
     }
 
-    /// [`Self::top_k_many`] with asynchronous read-backs, for WebGPU in the browser. A device
-    /// bank scores every query in one matmul per chunk and one read-back.
+    /// [`Self::top_k_many`] with asynchronous read-backs, for WebGPU in the browser: a device bank
+    /// scores every query at once and reads them back together.
     pub async fn top_k_many_async(&self, queries: &[Vec<f32>], k: usize, device: &Device) -> Result<Vec<Vec<Hit>>> {
         let Store::Device(chunks) = &self.store else {
             return self.top_k_many(queries, k, device);
         };
-        if queries.len() <= 1 {
-            let mut hits = Vec::with_capacity(queries.len());
-            for query in queries {
-                hits.push(self.top_k_async(query, k, device).await?);
-            }
-            return Ok(hits);
+        if queries.is_empty() {
+            return Ok(Vec::new());
         }
-        let m = queries.len();
-        let normalized = queries.iter().map(|q| self.query(q)).collect::<Result<Vec<_>>>()?;
-        // `[dim, m]`: query j in column j.
-        let columns: Vec<f32> = (0..self.dim).flat_map(|d| normalized.iter().map(move |q| q[d])).collect();
-        let q = Tensor::<2>::from_data(TensorData::new(columns, [self.dim, m]), device);
-        let parts: Vec<Tensor<2>> = chunks
-            .iter()
-            .map(|c| if device == &self.device { c.clone() } else { c.clone().to_device(device) }.matmul(q.clone()))
-            .collect();
-        let data = Tensor::cat(parts, 0)
+        let data = self
+            .device_scores(chunks, queries, device)?
             .into_data_async()
             .await
             .map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
-        // `[n, m]` row-major.
+        // `[N, m]` row-major: query j's scores are column j.
         let all = data.try_into_vec_as::<f32>().map_err(|e| Error::Device(format!("memory scores: {e:?}")))?;
-        (0..m)
-            .map(|j| {
-                let scores: Vec<f32> = all.iter().skip(j).step_by(m).copied().collect();
-                self.select(&scores, k)
-            })
-            .collect()
-    }
-
-    /// [`Self::top_k`] with an asynchronous read-back, for WebGPU in the browser.
-    pub async fn top_k_async(&self, query: &[f32], k: usize, device: &Device) -> Result<Vec<Hit>> {
-        if matches!(self.store, Store::Host(_)) {
-            return self.top_k(query, k, device);
-        }
-        let scores = self.scores(query, device)?;
-        let data = scores
-            .into_data_async()
-            .await
-            .map_err(|e| Error::Device(format!("reading memory scores back: {e:?}")))?;
-        let scores = data.try_into_vec_as::<f32>().map_err(|e| Error::Device(format!("memory scores: {e:?}")))?;
-        self.select(&scores, k)
+        let m = queries.len();
+        (0..m).map(|j| self.select(&all.iter().skip(j).step_by(m).copied().collect::<Vec<_>>(), k)).collect()
     }
 }
 

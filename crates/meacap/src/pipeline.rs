@@ -25,7 +25,7 @@ use crate::models::gpt2::Gpt2Config;
 use crate::models::t5::{T5Config, T5};
 use crate::models::viecap::ClipCaptionModel;
 use crate::device::block_on;
-use crate::models::{ids_tensor, read_f32};
+use crate::models::{ids_tensor, read_f32, rows_tensor};
 use crate::preprocess::{self, ClipImageConfig, FrontEnd};
 use crate::tokenize::{pad_batch, TextTokenizer};
 use crate::weights::{pickle::PickleCheckpoint, safetensors::SafetensorsFile, TensorSource, Weights};
@@ -426,19 +426,19 @@ impl Captioner {
         for image in live.iter_mut() {
             let (hf, openai) = std::mem::take(&mut image.pixels);
             let row = pixels.len() / (3 * s * s);
-            retrieval_rows.push(row as i64);
+            retrieval_rows.push(row);
             pixels.extend_from_slice(&hf);
             if hf == openai {
-                mapping_rows.push(row as i64);
+                mapping_rows.push(row);
             } else {
-                mapping_rows.push(row as i64 + 1);
+                mapping_rows.push(row + 1);
                 pixels.extend_from_slice(&openai);
             }
         }
         let count = pixels.len() / (3 * s * s);
         let pixels = Tensor::<1>::from_floats(pixels.as_slice(), &self.device).reshape([count, 3, s, s]);
         let features = self.clip.image_features(pixels)?;
-        let rows = |r: &[i64]| Tensor::<1, Int>::from_ints(r, &self.device);
+        let rows = |r: &[usize]| rows_tensor(r, &self.device);
         let retrieval_features = if count == live.len() { features.clone() } else { features.clone().select(0, rows(&retrieval_rows)) };
         let mapping_features = if mapping_rows == retrieval_rows { retrieval_features.clone() } else { features.select(0, rows(&mapping_rows)) };
         let dim = retrieval_features.dims()[1];

@@ -96,10 +96,7 @@ impl KvCache {
     }
     /// Reorders (and possibly repeats) the batch rows: beam search's `generated[src]`.
     pub fn select(&mut self, rows: Tensor<1, Int>) {
-        for (k, v) in &mut self.layers {
-            *k = k.clone().select(0, rows.clone());
-            *v = v.clone().select(0, rows.clone());
-        }
+        super::select_cached_rows(&mut self.layers, rows);
     }
 }
 

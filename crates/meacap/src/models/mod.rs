@@ -252,6 +252,20 @@ pub fn ids_tensor(ids: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     Tensor::<1, Int>::from_ints(flat.as_slice(), device).reshape([b, t])
 }
 
+/// Batch row indices → a `[rows]` Int tensor for `select(0, ...)`.
+pub fn rows_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    Tensor::<1, Int>::from_ints(rows.as_slice(), device)
+}
+
+/// Keeps (and possibly repeats) the batch rows `rows` of every cached key and value.
+pub(crate) fn select_cached_rows(layers: &mut [(Tensor<4>, Tensor<4>)], rows: Tensor<1, Int>) {
+    for (k, v) in layers {
+        *k = k.clone().select(0, rows.clone());
+        *v = v.clone().select(0, rows.clone());
+    }
+}
+
 /// `[batch, seq, heads*dim]` → `[batch, heads, seq, dim]`.
 pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
     let [b, t, d] = x.dims();

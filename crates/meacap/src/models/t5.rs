@@ -268,10 +268,8 @@ struct DecoderCache {
 impl DecoderCache {
     /// Keeps the batch rows `rows` (in that order) of every cached key and value.
     fn select(&mut self, rows: Tensor<1, Int>) {
-        for (k, v) in self.self_kv.iter_mut().chain(self.cross_kv.iter_mut()) {
-            *k = k.clone().select(0, rows.clone());
-            *v = v.clone().select(0, rows.clone());
-        }
+        super::select_cached_rows(&mut self.self_kv, rows.clone());
+        super::select_cached_rows(&mut self.cross_kv, rows);
     }
 }
 
@@ -446,7 +444,7 @@ impl T5 {
             }
             let keep: Vec<usize> = (0..n).filter(|&r| !finished[live[r]]).collect();
             if keep.len() < n {
-                let rows = Tensor::<1, Int>::from_ints(keep.iter().map(|&r| r as i64).collect::<Vec<_>>().as_slice(), &device);
+                let rows = super::rows_tensor(&keep, &device);
                 cache.select(rows.clone());
                 enc.mask = enc.mask.select(0, rows.clone());
                 next = next.select(0, rows);
