@@ -124,9 +124,16 @@ def main():
                      f"the original captions one image at a time) | **{t:.0f}** | **{ob:.0f}** | **{t / ob:.2f}x** |")
     lines.append("")
     steps = [r for r in our_rows if r.get("gflops")]
+    roof = ours["machine"].get("roofline")
+    if roof:
+        lines.append(f"This CPU's roofline, measured by the bench: {roof['peak_gflops']:.0f} GFLOP/s peak ({roof['simd']} FMA on "
+                     f"{roof['threads']} threads), {roof['read_gbps']:.1f} GB/s read; a step's bound is min(peak, bandwidth x FLOPs "
+                     "per weight byte).")
     if steps:
+        def bound(r):
+            return f" of a {r['bound_gflops']:.0f} GFLOP/s bound ({100 * r['gflops'] / r['bound_gflops']:.0f} %)" if r.get("bound_gflops") else ""
         lines.append("Achieved on the decoding steps (ours): " + "; ".join(
-            f"{r['stage']} {r['shape']}: {r['per_step_ms']:.1f} ms/step, {r['gflops']:.1f} GFLOP/s" for r in steps) + ".")
+            f"{r['stage']} {r['shape']}: {r['per_step_ms']:.1f} ms/step, {r['gflops']:.1f} GFLOP/s{bound(r)}" for r in steps) + ".")
     peak = ours.get("peak_rss_mib")
     if peak:
         lines.append(f"Peak RSS of the whole bench process (ours): {peak:.0f} MiB.")

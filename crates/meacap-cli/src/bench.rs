@@ -29,6 +29,8 @@ use meacap::models::viecap::ClipCaptionModel;
 use meacap::weights::{contiguous_strides, DType, TensorSource, TensorView, Weights};
 use meacap::{FileBytes, MemFiles};
 
+use crate::roofline::Roofline;
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// cpu (burn flex), wgpu, or all (both, CPU first).
@@ -75,6 +77,9 @@ struct Row {
     per_step_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     gflops: Option<f64>,
+    /// The CPU's roofline bound for this step (see [`Roofline::bound_gflops`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bound_gflops: Option<f64>,
     note: String,
 }
 
@@ -86,6 +91,9 @@ struct Machine {
     load_average_before: String,
     load_average_after: String,
     os: String,
+    /// Measured when the CPU is benchmarked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    roofline: Option<Roofline>,
 }
 
 #[derive(Serialize, Debug)]
@@ -128,6 +136,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
     let mut rows = Vec::new();
     let mut devices = Vec::new();
     let mut failed = false;
+    let roofline = choices.iter().any(|&(_, c)| c == DeviceChoice::Cpu).then(Roofline::measure);
     for (label, choice) in choices {
         let selected = match device::select(choice) {
             Ok(s) => s,
@@ -140,7 +149,8 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
         let adapter = if choice == DeviceChoice::Wgpu { device::wgpu_device().ok().map(|(_, a)| a) } else { None };
         eprintln!("== {label}: {}", selected.description);
         devices.push(DeviceInfo { device: label.into(), description: selected.description.clone(), adapter });
-        let mut bench = Bench { args: &args, device: selected, label: label.to_string(), repeat, rows: Vec::new() };
+        let roofline = roofline.clone().filter(|_| choice == DeviceChoice::Cpu);
+        let mut bench = Bench { args: &args, device: selected, label: label.to_string(), repeat, rows: Vec::new(), roofline };
         if let Err(e) = bench.all() {
             eprintln!("error on {label}: {e:#}");
             failed = true;
@@ -157,6 +167,7 @@ pub fn run(args: BenchArgs) -> Result<ExitCode> {
             load_average_before: load_before,
             load_average_after: read_trimmed("/proc/loadavg"),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            roofline,
         },
         devices,
         flops_formula: FLOPS_FORMULA,
@@ -175,6 +186,9 @@ fn print_table(r: &Report) {
     let m = &r.machine;
     println!("machine: {} ({} cores, {:.1} GiB), {}", m.cpu, m.cores, m.memory_gib, m.os);
     println!("load average: before {} | after {}", m.load_average_before, m.load_average_after);
+    if let Some(r) = &m.roofline {
+        println!("CPU roofline (measured): {:.0} GFLOP/s peak ({} FMA, {} threads), {:.1} GB/s read", r.peak_gflops, r.simd, r.threads, r.read_gbps);
+    }
     for d in &r.devices {
         match &d.adapter {
             Some(a) => println!("device {}: {} [{} {} driver {}]", d.device, d.description, a.backend, a.device_type, a.driver),
@@ -211,6 +225,7 @@ struct Bench<'a> {
     label: String,
     repeat: usize,
     rows: Vec<Row>,
+    roofline: Option<Roofline>,
 }
 
 impl Bench<'_> {
@@ -244,6 +259,19 @@ impl Bench<'_> {
         Ok((times, last))
     }
 
+    /// A decoding step's achieved GFLOP/s and, on the CPU, its roofline bound: `weight_bytes` f32
+    /// weights are streamed once per step whatever the row count.
+    fn set_step_gflops(&mut self, row: usize, step_ms: f64, flops: f64, weight_bytes: f64) {
+        let achieved = flops / (step_ms * 1e-3) / 1e9;
+        let bound = self.roofline.as_ref().map(|r| r.bound_gflops(flops, weight_bytes));
+        let row = &mut self.rows[row];
+        row.gflops = Some(achieved);
+        row.bound_gflops = bound;
+        if let Some(bound) = bound {
+            row.note.push_str(&format!("; roofline bound {bound:.0} GFLOP/s ({:.0} % of it)", 100.0 * achieved / bound));
+        }
+    }
+
     fn push(&mut self, stage: &str, shape: &str, times: &[f64], note: impl Into<String>) -> usize {
         let row = Row {
             device: self.label.clone(),
@@ -254,6 +282,7 @@ impl Bench<'_> {
             runs: times.len(),
             per_step_ms: None,
             gflops: None,
+            bound_gflops: None,
             note: note.into(),
         };
         eprintln!("  {:<34} {:>10.1} ms  {}", row.stage, row.median_ms, row.note);
@@ -479,8 +508,8 @@ impl Bench<'_> {
         let matmul_params = layers * (4.0 * d * inner + 2.0 * d * inner + 3.0 * d * ff) + d * vocab;
         let attended = done as f64 / 2.0 + len as f64;
         let flops = rows as f64 * (2.0 * matmul_params + 4.0 * layers * inner * attended);
-        self.rows[i].gflops = Some(flops / (step_ms * 1e-3) / 1e9);
         self.rows[i].note.push_str(&format!("; per step = (parse - encode) / steps; {:.2} GFLOP/step", flops / 1e9));
+        self.set_step_gflops(i, step_ms, flops, 4.0 * matmul_params);
         Ok(())
     }
 
@@ -575,6 +604,11 @@ impl Bench<'_> {
             for i in 0..images {
                 let mut cache = KvCache::default();
                 gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64 + 100 * i as u64, self.dev()), &mut cache)?;
+                // Beam search reorders its cache after every step, which also lays the cached
+                // keys and values out contiguously; a fresh cache holds strided views of the
+                // projections, whose concatenation costs 4-6x more (timed here until session 9:
+                // 21.7 ms for a 5-row step where beam search's steps took ~17).
+                cache.select(meacap::models::rows_tensor(&(0..beams).collect::<Vec<_>>(), self.dev()));
                 caches.push(cache);
             }
             let step = random_tensor::<3>([beams * images, 1, d], 0.035, 60 + past as u64, self.dev());
@@ -582,15 +616,15 @@ impl Bench<'_> {
             let (times, _) = self.time(|| {
                 let mut c = caches.clone();
                 let h = gpt.forward_groups(step.clone(), &mut c, &groups)?;
-                Ok(to_vec(activation::softmax(gpt.last_logits(h), 1).log())?)
+                Ok(device::block_on(decode::log_probs(gpt, h))?)
             })?;
             let shape = if images == 1 { format!("batch {beams}, cache {past}") } else { format!("batch {}, cache {past} each", beams * images) };
-            let i = self.push_batch("GPT-2 step (KV cache)", &shape, images, &times, "last-position logits + softmax.log read back");
+            let i = self.push_batch("GPT-2 step (KV cache)", &shape, images, &times, "last-position logits read back, softmax.log on the host (as beam search)");
             let flops = (beams * images) as f64 * (2.0 * matmul_params + 4.0 * layers * df * (past + 1) as f64);
             let ms = self.rows[i].median_ms;
             self.rows[i].per_step_ms = Some(ms);
-            self.rows[i].gflops = Some(flops / (ms * 1e-3) / 1e9);
             self.rows[i].note.push_str(&format!("; {:.2} GFLOP/step", flops / 1e9));
+            self.set_step_gflops(i, ms, flops, 4.0 * matmul_params);
         }
 
         // Where a step's time goes: the fixed cost of one read-back, a step whose read-back is 5
@@ -600,6 +634,7 @@ impl Bench<'_> {
         self.push("device round trip", "1 float", &times, "one tiny kernel + read back: the fixed cost of a sync");
         let mut cache = KvCache::default();
         gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 71, self.dev()), &mut cache)?;
+        cache.select(meacap::models::rows_tensor(&(0..beams).collect::<Vec<_>>(), self.dev()));
         let step = random_tensor::<3>([beams, 1, d], 0.035, 72, self.dev());
         let (times, _) = self.time(|| {
             let mut c = cache.clone();

@@ -8,6 +8,7 @@ mod files;
 mod manifest;
 mod memory;
 mod models;
+mod roofline;
 
 use clap::{Parser, Subcommand};
 

@@ -30,14 +30,15 @@ pub struct Hypothesis {
     pub score: f32,
 }
 
-/// Last-position log-probabilities `[rows × vocab]`, computed on the host from the logits.
+/// Last-position log-probabilities `[rows × vocab]` (and `vocab`), computed on the host from
+/// the logits: what beam search and greedy search score each step with.
 ///
 /// The original takes `softmax(logits).log()` (not `log_softmax`) on the CPU in f32, where
 /// probabilities below f32's normal range stay denormal (log ≈ -100) or underflow to 0 (log =
 /// -inf). GPUs flush denormals to zero or clamp them, which turns some -inf candidates finite
 /// (or the reverse) and changes which beams survive once the finite candidates run out. The
 /// host computes the same arithmetic on every device.
-async fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
+pub async fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize)> {
     let logits = gpt.last_logits(hidden);
     let vocab = logits.dims()[1];
     let mut values = read_f32(logits).await?;
