@@ -20,11 +20,11 @@ pub struct Roofline {
 }
 
 impl Roofline {
-    /// Best of a few short runs (~0.5 s in all).
+    /// Best of three runs of each (~0.3 s in all on 2 cores).
     pub fn measure() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let (per_thread, simd) = fma_kernel();
-        let iterations = 4_000_000u64;
+        let iterations = 16_000_000u64;
         let mut best = f64::INFINITY;
         let mut flops_per_run = 0.0;
         for _ in 0..3 {
@@ -137,4 +137,28 @@ fn sum_lanes(values: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_bound_by_the_lower_of_peak_and_bandwidth_times_intensity() {
+        let r = Roofline { peak_gflops: 100.0, simd: "test", read_gbps: 10.0, threads: 1 };
+        // 5 rows over f32 weights: 2 FLOPs per weight per row, 4 bytes per weight.
+        assert_eq!(r.bound_gflops(2.0 * 5.0 * 1e6, 4e6), 25.0);
+        // 100 rows: arithmetic-bound.
+        assert_eq!(r.bound_gflops(2.0 * 100.0 * 1e6, 4e6), 100.0);
+    }
+
+    #[test]
+    fn measured_rates_are_positive_and_finite() {
+        let r = Roofline::measure();
+        assert!(r.peak_gflops.is_finite() && r.peak_gflops > 0.1, "{r:?}");
+        assert!(r.read_gbps.is_finite() && r.read_gbps > 0.01, "{r:?}");
+        assert!(r.threads >= 1);
+        // A 12-chain FMA loop cannot beat 2 FMA pipes of 16 lanes at 6 GHz per thread.
+        assert!(r.peak_gflops < r.threads as f64 * 2.0 * 16.0 * 2.0 * 6.0, "{r:?}");
+    }
 }
