@@ -303,6 +303,11 @@ fn tile_kernel(xp: &[f32], wp: &[f32], tile: &mut [f32], ldc: usize, first: bool
     assert!(xp.len() == kc * MR && ldc >= NR && tile.len() >= (MR - 1) * ldc + NR, "tile_kernel: slice lengths");
     assert!(bias.is_none_or(|b| b.len() == NR), "tile_kernel: bias is not [NR]");
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F (checked just above); lengths checked above.
+        return unsafe { tile_avx512(xp, wp, tile, ldc, first, bias, kc) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has AVX2 and FMA (checked just above); lengths checked above.
         return unsafe { tile_avx2(xp, wp, tile, ldc, first, bias, kc) };
@@ -361,6 +366,86 @@ unsafe fn tile_avx2(xp: &[f32], wp: &[f32], tile: &mut [f32], ldc: usize, first:
         for (r, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(c.add(r * ldc), acc[0]);
             _mm256_storeu_ps(c.add(r * ldc + 8), acc[1]);
+        }
+    }
+}
+
+/// [`tile_avx2`] with one 16-lane register per tile row: half the instructions for the same
+/// FMAs, in the same order (each output is the same sum over `k`, so the results are identical).
+/// Measured on an AVX-512 VM (2 cores): CLIP's matrices at 50-400 rows 1.25-1.4x faster; CLIP
+/// image 65 -> 51-54 ms, T5 encode 107 -> 81 ms, MiniLM 20 -> 13 ms, CLIP text (memory build)
+/// 1028 -> 750 ms.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512(xp: &[f32], wp: &[f32], tile: &mut [f32], ldc: usize, first: bool, bias: Option<&[f32]>, kc: usize) {
+    use std::arch::x86_64::*;
+    let (x, w, c) = (xp.as_ptr(), wp.as_ptr(), tile.as_mut_ptr());
+    // SAFETY (all pointer reads and writes): xp holds kc * MR floats, wp kc * NR, tile
+    // (MR - 1) * ldc + NR, bias NR (checked by the caller).
+    unsafe {
+        let mut acc: [__m512; MR] = if first { [_mm512_setzero_ps(); MR] } else { std::array::from_fn(|r| _mm512_loadu_ps(c.add(r * ldc))) };
+        for k in 0..kc {
+            let wv = _mm512_loadu_ps(w.add(k * NR));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(k * MR + r)), wv, *acc);
+            }
+        }
+        if let Some(b) = bias {
+            let b = _mm512_loadu_ps(b.as_ptr());
+            for acc in &mut acc {
+                *acc = _mm512_add_ps(*acc, b);
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), *acc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every SIMD form this CPU has gives the AVX2 tile bit for bit (same FMAs in the same order):
+    /// results do not depend on which x86 machine ran them. Fresh and accumulating tiles, with
+    /// and without bias, a row stride wider than the tile.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn simd_tiles_are_identical() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            return;
+        }
+        let (kc, ldc) = (203, NR + 5);
+        let (xp, wp, bias) = (values(kc * MR, 1), values(kc * NR, 2), values(NR, 3));
+        let start = values(MR * ldc, 4);
+        for first in [true, false] {
+            for b in [None, Some(&bias[..])] {
+                let mut want = start.clone();
+                // SAFETY: AVX2 and FMA checked above; slice lengths as tile_kernel asserts.
+                unsafe { tile_avx2(&xp, &wp, &mut want, ldc, first, b, kc) };
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    let mut got = start.clone();
+                    // SAFETY: AVX-512F checked just above; same slices.
+                    unsafe { tile_avx512(&xp, &wp, &mut got, ldc, first, b, kc) };
+                    assert_eq!(got, want, "first {first}, bias {}", b.is_some());
+                }
+                // The dispatching entry point takes one of them.
+                let mut got = start.clone();
+                tile_kernel(&xp, &wp, &mut got, ldc, first, b);
+                assert_eq!(got, want);
+            }
         }
     }
 }
