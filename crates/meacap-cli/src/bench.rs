@@ -606,8 +606,8 @@ impl Bench<'_> {
                 gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64 + 100 * i as u64, self.dev()), &mut cache)?;
                 // Beam search reorders its cache after every step, which also lays the cached
                 // keys and values out contiguously; a fresh cache holds strided views of the
-                // projections, whose concatenation costs 4-6x more (timed here until session 9:
-                // 21.7 ms for a 5-row step where beam search's steps took ~17).
+                // projections, whose concatenation costs 4-6x more (timed that way, a 5-row step
+                // took 21.7 ms where beam search's own steps took ~17).
                 cache.select(meacap::models::rows_tensor(&(0..beams).collect::<Vec<_>>(), self.dev()));
                 caches.push(cache);
             }

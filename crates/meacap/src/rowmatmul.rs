@@ -287,10 +287,11 @@ rows_avx2!(rows_avx2_f32, group_avx2_f32, f32, "avx2,fma", load8_f32);
 rows_avx2!(rows_avx2_f16, group_avx2_f16, half::f16, "avx2,fma,f16c", load8_f16);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Deterministic values in [-1, 1) (xorshift), shared with the packed kernel's tests.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).max(1);
         (0..n)
             .map(|_| {

@@ -4,7 +4,8 @@
 //! traffic. `x` is repacked into panels of [`MR`] rows stored k-major (`[k][MR]`), each task's
 //! slice of the weights into panels of [`NR`] output features (`[k][NR]`), and a micro-kernel
 //! keeps an `MR x NR` tile of outputs in registers (AVX2: 12 accumulators, 2 weight loads and 6
-//! broadcasts per 12 FMAs) while it walks `k`. The depth is cut into [`KC`]-long slices so a
+//! broadcasts per 12 FMAs; AVX-512: one register per tile row, the same FMAs in the same order)
+//! while it walks `k`. The depth is cut into [`KC`]-long slices so a
 //! weight panel slice and the row panels it meets stay in L1.
 //!
 //! Tasks split the output features (each packs its own weights, the tiles go to a slab gathered
@@ -405,18 +406,7 @@ unsafe fn tile_avx512(xp: &[f32], wp: &[f32], tile: &mut [f32], ldc: usize, firs
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).max(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::rowmatmul::tests::values;
 
     /// Every SIMD form this CPU has gives the AVX2 tile bit for bit (same FMAs in the same order):
     /// results do not depend on which x86 machine ran them. Fresh and accumulating tiles, with
