@@ -604,11 +604,6 @@ impl Bench<'_> {
             for i in 0..images {
                 let mut cache = KvCache::default();
                 gpt.forward(random_tensor::<3>([beams, past, d], 0.035, 50 + past as u64 + 100 * i as u64, self.dev()), &mut cache)?;
-                // Beam search reorders its cache after every step, which also lays the cached
-                // keys and values out contiguously; a fresh cache holds strided views of the
-                // projections, whose concatenation costs 4-6x more (timed that way, a 5-row step
-                // took 21.7 ms where beam search's own steps took ~17).
-                cache.select(meacap::models::rows_tensor(&(0..beams).collect::<Vec<_>>(), self.dev()));
                 caches.push(cache);
             }
             let step = random_tensor::<3>([beams * images, 1, d], 0.035, 60 + past as u64, self.dev());
@@ -634,7 +629,6 @@ impl Bench<'_> {
         self.push("device round trip", "1 float", &times, "one tiny kernel + read back: the fixed cost of a sync");
         let mut cache = KvCache::default();
         gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 71, self.dev()), &mut cache)?;
-        cache.select(meacap::models::rows_tensor(&(0..beams).collect::<Vec<_>>(), self.dev()));
         let step = random_tensor::<3>([beams, 1, d], 0.035, 72, self.dev());
         let (times, _) = self.time(|| {
             let mut c = cache.clone();

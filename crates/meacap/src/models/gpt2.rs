@@ -218,7 +218,7 @@ impl Gpt2 {
                 let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
                 let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
                 if cache.layers.len() <= i {
-                    cache.layers.push((k.clone(), v.clone()));
+                    cache.layers.push((super::cached(k.clone()), super::cached(v.clone())));
                 } else {
                     let (ck, cv) = &cache.layers[i];
                     k = Tensor::cat(vec![ck.clone(), k], 2);

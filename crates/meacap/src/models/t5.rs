@@ -336,6 +336,7 @@ impl T5 {
             .blocks
             .iter()
             .filter_map(|b| b.cross_attention.as_ref().map(|(a, _)| a.project_kv(enc.hidden.clone())))
+            .map(|(k, v)| (super::cached(k), super::cached(v)))
             .collect();
         DecoderCache { self_kv: Vec::new(), cross_kv }
     }
@@ -355,7 +356,7 @@ impl T5 {
             let h = block.self_norm.forward(x.clone());
             let (mut k, mut v) = block.self_attention.project_kv(h.clone());
             if fresh {
-                cache.self_kv.push((k.clone(), v.clone()));
+                cache.self_kv.push((super::cached(k.clone()), super::cached(v.clone())));
             } else {
                 let (ck, cv) = &cache.self_kv[i];
                 k = Tensor::cat(vec![ck.clone(), k], 2);
