@@ -17,6 +17,17 @@ pub(crate) fn for_each_chunk(data: &mut [f32], len: usize, f: impl Fn((usize, &m
     data.chunks_mut(len).enumerate().for_each(f);
 }
 
+/// `f(i)` for each `i` in `0..n`: on rayon's workers natively, in order on wasm.
+pub(crate) fn for_each_index(n: usize, f: impl Fn(usize) + Send + Sync) {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(f);
+    }
+    #[cfg(target_family = "wasm")]
+    (0..n).for_each(f);
+}
+
 /// Worker threads the kernels split their work between.
 pub(crate) fn threads() -> usize {
     #[cfg(not(target_family = "wasm"))]

@@ -1,26 +1,23 @@
-//! Matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)`, rows of any count.
+//! Matmul for the CPU backend: `x [rows, d_in] · W [d_in, d_out] (+ bias)`.
 //!
-//! Below [`PACKED_MIN_ROWS`] rows (decoding steps, GPT-2's 20-token prompt, the mapping network)
-//! the work is bound by reading the weights, which are streamed once for all rows (below). From
-//! there on (encoder passes: an image's 50 tokens, 5 captions x 20 tokens, memory-build batches)
-//! it is arithmetic and goes to [`packed`], a register-tiled kernel on weights repacked per call.
+//! Model weights are packed once at load ([`PackedMatrix`]) into panels of 16 output features
+//! that every kernel reads as sequential streams: below [`PACKED_MIN_ROWS`] rows (decoding steps,
+//! GPT-2's 20-token prompt, the mapping network) a tile of all the rows walks each panel once
+//! ([`few_rows`]), bound by reading the weights from memory; from there on (encoder passes: an
+//! image's 50 tokens, 5 captions x 20 tokens, memory-build batches) the work is arithmetic and
+//! goes to a register-tiled GEMM ([`packed`]). General GEMM kernels pack and tile for the
+//! many-row case at every call and reach ~40 % of the memory bandwidth on decoding shapes.
 //!
-//! A decoding step multiplies a handful of rows (the beams, the parsed captions) by every weight
-//! matrix once, so on a CPU it is bound by how fast the weights stream from memory, not by
-//! arithmetic. General GEMM kernels pack and tile for the many-row case and reach ~40 % of the
-//! memory bandwidth on these shapes (and burn flex runs the 768x768 ones on one thread). This
-//! kernel reads each weight element exactly once, in storage order, for all rows together, and
-//! splits the output features between threads. Each output element is summed in one fixed order
-//! by one thread, so results do not depend on the thread count.
+//! [`matmul_rows`] streams row-major weights as they are stored, for data that is not a model
+//! weight: a memory bank's rows (f32 or f16), which queries read a few at a time.
 //!
-//! Pure slices in, `Vec` out: no tensor types here; `models::project` and the memory bank's CPU
-//! store decide when to use it.
+//! Pure slices in, `Vec` out: no tensor types here; `models::Linear` and the memory bank's CPU
+//! store decide when to use them.
 
 /// Rows multiplied together in one pass over the weights (register blocking).
 pub const MAX_ROWS: usize = 8;
-/// From this many rows on the packed kernel is faster: below it, repacking the weights costs
-/// more than it saves (measured on 2 cores: equal at ~20 rows with weights in L3, streaming
-/// ahead when they come from DRAM; packed 95-107 GFLOP/s at 100 rows against 50-68 streaming).
+/// From this many rows on [`PackedMatrix::matmul`] runs the register-tiled GEMM (cache-blocked
+/// for many rows); below, the few-rows tile.
 const PACKED_MIN_ROWS: usize = 32;
 
 /// Output features per parallel task: large enough to amortise scheduling, small enough that two
@@ -42,20 +39,15 @@ pub trait WeightElem: Copy + Send + Sync + 'static {
     /// The kernel for this element type (the SIMD form when the CPU has it).
     #[doc(hidden)]
     fn kernel(x: &[f32], rows: usize, d_in: usize, w: &[Self], row_stride: usize, features: usize, out: &mut [f32]);
-    /// Repacks `features` (at most 16) output-major weight rows as `[k][16]` f32 (see
-    /// [`packed`]).
-    #[doc(hidden)]
-    fn pack_panel(w: &[Self], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
-        packed::pack_panel_portable(w, row_stride, d_in, features, panel)
-    }
 }
 
 /// `x [rows, d_in]` (row-major, contiguous) times `W [d_in, d_out]` stored output-major: element
 /// `(k, n)` at `w[n * row_stride + k]`, i.e. storage rows are output features (PyTorch
 /// `nn.Linear`'s `[out, in]` through a transposed view, tied embeddings, memory-bank rows).
 /// Returns `[rows, d_out]` row-major. Rows beyond `MAX_ROWS` are taken in blocks, each
-/// task's weights staying in cache across the blocks. Panics if a slice is too short (a caller
-/// bug: callers check the shapes of what they unpack).
+/// task's weights staying in cache across the blocks (for many rows of a weight used again and
+/// again, pack it: [`PackedMatrix`]). Panics if a slice is too short (a caller bug: callers check
+/// the shapes of what they unpack).
 pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     assert!(rows >= 1, "matmul_rows: no rows");
     assert_eq!(x.len(), rows * d_in, "matmul_rows: x is not [rows, d_in]");
@@ -63,9 +55,6 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
     assert!(w.len() >= d_out.saturating_sub(1) * row_stride + d_in, "matmul_rows: weight storage too short");
     if let Some(b) = bias {
         assert_eq!(b.len(), d_out, "matmul_rows: bias is not [d_out]");
-    }
-    if rows >= PACKED_MIN_ROWS {
-        return packed::matmul(x, rows, d_in, w, row_stride, d_out, bias);
     }
     // With many row blocks a task's weights must stay in L2 between blocks.
     let max_outputs = if rows <= MAX_ROWS { TASK_OUTPUTS } else { (L2_BYTES / (d_in * std::mem::size_of::<W>()).max(1)).clamp(8, TASK_OUTPUTS) };
@@ -114,7 +103,10 @@ pub fn matmul_rows<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], 
     out
 }
 
+mod few_rows;
 mod packed;
+
+pub use packed::PackedMatrix;
 
 use crate::parallel::{for_each_chunk, threads};
 
@@ -146,14 +138,6 @@ impl WeightElem for f32 {
             return unsafe { by_rows!(rows_avx2_f32, rows, x, d_in, w, row_stride, features, out) };
         }
         by_rows!(rows_portable, rows, x, d_in, w, row_stride, features, out)
-    }
-    fn pack_panel(w: &[f32], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { packed::pack_panel_avx2_f32(w, row_stride, d_in, features, panel) };
-        }
-        packed::pack_panel_portable(w, row_stride, d_in, features, panel)
     }
 }
 
@@ -303,65 +287,100 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// `x · W (+ bias)` in f64, `W` output-major with rows `row_stride` apart.
+    fn reference(x: &[f32], rows: usize, d_in: usize, w: &[f32], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f64> {
+        let mut out = Vec::with_capacity(rows * d_out);
+        for r in 0..rows {
+            for n in 0..d_out {
+                let dot: f64 = (0..d_in).map(|k| x[r * d_in + k] as f64 * w[n * row_stride + k] as f64).sum();
+                out.push(bias.map_or(0.0, |b| b[n] as f64) + dot);
+            }
+        }
+        out
+    }
+
+    /// The first `d_in` of every `row_stride` values: a strided view's rows, compacted.
+    fn rows_of(w: &[f32], row_stride: usize, d_in: usize) -> Vec<f32> {
+        w.chunks(row_stride).flat_map(|row| &row[..d_in]).copied().collect()
+    }
+
+    /// fp32 rounding of `d_in` products: ~1e-6 relative per term, growing as sqrt(d_in).
+    fn assert_close(got: &[f32], want: &[f64], d_in: usize, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((*g as f64 - w).abs() <= 2e-6 * (d_in as f64).sqrt() + 1e-6, "{what} [{i}]: {g} vs {w}");
+        }
+    }
+
+    const ROW_COUNTS: [usize; 17] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 20, 24, 25, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS, 50, 131];
+
     #[test]
     fn matches_f64_reference_for_every_row_count() {
-        // Odd sizes exercise the lane tail and partial tasks; a row stride wider than the row is a
-        // view into a larger buffer. Tolerance: fp32 rounding of d_in products, ~1e-6 relative.
+        // Odd sizes exercise the lane tail, edge panels and partial tasks; a row stride wider
+        // than the row is a view into a larger buffer.
         for &(d_in, d_out) in &[(1, 1), (13, 7), (67, 301), (256, 513), (768, 300)] {
             let row_stride = d_in + 3;
             let w = values(d_out * row_stride, 7);
             let bias = values(d_out, 99);
-            for rows in (1..=MAX_ROWS).chain([9, 20, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS, 50, 131]) {
+            let packed = PackedMatrix::from_output_major(rows_of(&w, row_stride, d_in), d_in, d_out);
+            for rows in ROW_COUNTS {
                 let x = values(rows * d_in, 1 + rows as u32);
                 for b in [None, Some(&bias[..])] {
-                    let got = matmul_rows(&x, rows, d_in, &w, row_stride, d_out, b);
-                    for r in 0..rows {
-                        for n in 0..d_out {
-                            let mut want = b.map_or(0.0, |b| b[n] as f64);
-                            for k in 0..d_in {
-                                want += x[r * d_in + k] as f64 * w[n * row_stride + k] as f64;
-                            }
-                            let g = got[r * d_out + n] as f64;
-                            assert!((g - want).abs() <= 2e-6 * (d_in as f64).sqrt() + 1e-6, "rows {rows} {d_in}x{d_out} ({r},{n}): {g} vs {want}");
-                        }
-                    }
+                    let want = reference(&x, rows, d_in, &w, row_stride, d_out, b);
+                    assert_close(&matmul_rows(&x, rows, d_in, &w, row_stride, d_out, b), &want, d_in, &format!("streamed, rows {rows} {d_in}x{d_out}"));
+                    assert_close(&packed.matmul(&x, rows, b), &want, d_in, &format!("packed, rows {rows} {d_in}x{d_out}"));
                 }
             }
         }
     }
 
-    /// Enough rows for the packed kernel to split them between tasks (memory-build batches).
+    /// Enough rows for the packed GEMM to split them between tasks (memory-build batches).
     fn many_rows() -> usize {
         2 * 120 * threads() + 7
     }
 
     #[test]
-    fn many_rows_match_f64_and_the_same_rows_taken_alone_bit_for_bit() {
+    fn a_row_gives_the_same_bits_whatever_rows_come_with_it() {
         // d_in over one depth slice (256) and not a multiple of 8; d_out leaves an edge panel;
-        // the row count leaves an edge tile and a short last task.
-        let (d_in, d_out, row_stride, rows) = (300, 37, 301, many_rows());
+        // the row counts take every kernel: few-rows tiles (one block, blocks of 24, padded
+        // blocks), the GEMM split by features and by row chunks with an edge tile.
+        let (d_in, d_out, row_stride) = (300, 37, 301);
         let w = values(d_out * row_stride, 17);
         let bias = values(d_out, 23);
+        let packed = PackedMatrix::from_output_major(rows_of(&w, row_stride, d_in), d_in, d_out);
+        let rows = many_rows();
         let x = values(rows * d_in, 29);
-        let got = matmul_rows(&x, rows, d_in, &w, row_stride, d_out, Some(&bias));
-        for r in 0..rows {
-            for n in 0..d_out {
-                let want = bias[n] as f64 + (0..d_in).map(|k| x[r * d_in + k] as f64 * w[n * row_stride + k] as f64).sum::<f64>();
-                let g = got[r * d_out + n] as f64;
-                assert!((g - want).abs() <= 2e-6 * (d_in as f64).sqrt() + 1e-6, "rows {rows} ({r},{n}): {g} vs {want}");
-            }
+        let all = packed.matmul(&x, rows, Some(&bias));
+        assert_close(&all, &reference(&x, rows, d_in, &w, row_stride, d_out, Some(&bias)), d_in, "many rows");
+        let first = rows / 2 - 1;
+        for some in [1, 5, 20, 25, PACKED_MIN_ROWS - 1, 40, 150] {
+            let part = packed.matmul(&x[first * d_in..(first + some) * d_in], some, Some(&bias));
+            assert_eq!(part, all[first * d_out..(first + some) * d_out], "{some} rows");
         }
-        // Every output is one sum in one order, however the rows are split into tasks.
-        let (first, some) = (rows / 2 - 1, 40);
-        let alone = matmul_rows(&x[first * d_in..(first + some) * d_in], some, d_in, &w, row_stride, d_out, Some(&bias));
-        assert_eq!(alone, got[first * d_out..(first + some) * d_out]);
+    }
+
+    #[test]
+    fn input_major_weights_pack_as_their_transpose() {
+        let (d_in, d_out) = (45, 70);
+        let w = values(d_out * d_in, 5);
+        let transposed: Vec<f32> = (0..d_in * d_out).map(|i| w[(i % d_out) * d_in + i / d_out]).collect();
+        let a = PackedMatrix::from_output_major(w.clone(), d_in, d_out);
+        let b = PackedMatrix::from_input_major(&transposed, d_in, d_out);
+        let x = values(3 * d_in, 8);
+        assert_eq!(a.matmul(&x, 3, None), b.matmul(&x, 3, None));
+        assert_eq!(b.to_output_major(), w);
+        assert_eq!(a.output_rows(&[69, 0, 17]), [&w[69 * d_in..70 * d_in], &w[..d_in], &w[17 * d_in..18 * d_in]].concat());
     }
 
     #[test]
     fn no_output_features_is_an_empty_result() {
         for rows in [3, PACKED_MIN_ROWS + 1, many_rows()] {
             assert!(matmul_rows(&values(rows * 4, 5), rows, 4, &values(4, 6), 4, 0, None).is_empty());
+            assert!(PackedMatrix::from_output_major(Vec::new(), 4, 0).matmul(&values(rows * 4, 5), rows, None).is_empty());
         }
+        // No inputs: the bias alone.
+        let empty = PackedMatrix::from_input_major(&[], 0, 3);
+        assert_eq!(empty.matmul(&[], 2, Some(&[1.0, 2.0, 3.0])), [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]

@@ -103,8 +103,8 @@ impl KvCache {
 #[derive(Clone, Debug)]
 pub struct Gpt2 {
     pub config: Gpt2Config,
-    /// Token embeddings `[vocab, d]`, also the output projection.
-    pub wte: Tensor<2>,
+    /// The output projection, tied to the token embeddings `wte [vocab, d]` (which it looks up).
+    wte: Linear,
     wpe: Tensor<2>,
     h: Vec<Block>,
     ln_f: LayerNorm,
@@ -145,7 +145,7 @@ impl Gpt2 {
         // lm_head is tied to wte; a checkpoint may carry it as a copy.
         w.ignore("lm_head.weight");
         Ok(Self {
-            wte: t.get::<2>("wte.weight", [config.vocab_size, d])?,
+            wte: Linear::load(&t.pp("wte"), d, config.vocab_size, false)?,
             wpe: t.get::<2>("wpe.weight", [config.n_positions, d])?,
             h,
             ln_f: LayerNorm::load(&t.pp("ln_f"), d, eps)?,
@@ -154,12 +154,12 @@ impl Gpt2 {
     }
 
     pub fn device(&self) -> Device {
-        self.wte.device()
+        self.wpe.device()
     }
 
     /// Token embeddings for ids: `[batch, seq]` → `[batch, seq, d]`.
     pub fn embed_tokens(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        super::embed(&self.wte, ids)
+        self.wte.tied_embedding(ids)
     }
 
     /// Runs `inputs_embeds` `[batch, seq, d]` after the cached positions (positions continue from
@@ -237,7 +237,7 @@ impl Gpt2 {
 
     /// Vocabulary logits for hidden states `[rows, d]` → `[rows, vocab]` (tied `lm_head`).
     pub fn logits(&self, hidden: Tensor<2>) -> Tensor<2> {
-        super::project(hidden, &self.wte.clone().transpose(), None)
+        self.wte.forward(hidden)
     }
 
     /// Logits of the last position only: `[batch, seq, d]` → `[batch, vocab]`.

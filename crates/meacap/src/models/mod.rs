@@ -12,9 +12,12 @@ pub mod viecap;
 use burn::prelude::*;
 use burn::tensor::activation;
 
+use std::sync::Arc;
+
 use crate::{activations, norms};
+use crate::device::is_cpu;
 use crate::error::{Error, Result};
-use crate::rowmatmul;
+use crate::rowmatmul::PackedMatrix;
 use crate::weights::Weights;
 
 /// Parses a model's `config.json` into its config struct, naming the model on failure.
@@ -26,17 +29,32 @@ pub(crate) fn parse_config<T: serde::de::DeserializeOwned>(model: &str, bytes: &
     })
 }
 
-/// A dense layer. The weight is kept as `[in, out]` so the forward pass is a plain matmul.
+/// A dense layer, `x · W (+ b)`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor<2>,
+    weight: LinearWeight,
     pub bias: Option<Tensor<1>>,
 }
 
+/// How a dense layer keeps `W [in, out]`: on the CPU backend packed for [`crate::rowmatmul`]'s kernels
+/// (the only copy: the same memory as the tensor), elsewhere as a device tensor (an output-major
+/// view, `[out, in]` storage transposed).
+#[derive(Clone, Debug)]
+enum LinearWeight {
+    Packed(Arc<PackedMatrix>),
+    Tensor(Tensor<2>),
+}
+
 impl Linear {
-    /// PyTorch `nn.Linear`: `weight` is `[out, in]`.
+    /// PyTorch `nn.Linear`: `weight` is `[out, in]`. Also an output head tied to an embedding
+    /// table `[vocab, d]` (see [`Self::tied_embedding`]).
     pub fn load(w: &Weights, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
-        let weight = w.get::<2>("weight", [d_out, d_in])?.transpose();
+        let weight = if is_cpu(w.device()) {
+            let data = w.get_host("weight", &[d_out, d_in])?;
+            LinearWeight::Packed(Arc::new(PackedMatrix::from_output_major(data, d_in, d_out)))
+        } else {
+            LinearWeight::Tensor(w.get::<2>("weight", [d_out, d_in])?.transpose())
+        };
         let bias = if bias { Some(w.get::<1>("bias", [d_out])?) } else { None };
         Ok(Self { weight, bias })
     }
@@ -47,15 +65,38 @@ impl Linear {
         Self::load(w, d_in, d_out, bias)
     }
 
-    /// HF `Conv1D` (GPT-2): `weight` is already `[in, out]`. It is stored transposed (`[out, in]`,
-    /// like `nn.Linear`) and used through a view, so every dense layer has one layout: the one
-    /// the CPU kernel streams ([`project`]).
+    /// HF `Conv1D` (GPT-2): `weight` is `[in, out]`. On GPUs it is stored transposed (`[out, in]`,
+    /// like `nn.Linear`) and used through a view, so every device weight has one layout.
     pub fn load_conv1d(w: &Weights, d_in: usize, d_out: usize) -> Result<Self> {
-        Ok(Self { weight: w.get_transposed("weight", [d_in, d_out])?.transpose(), bias: Some(w.get::<1>("bias", [d_out])?) })
+        let weight = if is_cpu(w.device()) {
+            let data = w.get_host("weight", &[d_in, d_out])?;
+            LinearWeight::Packed(Arc::new(PackedMatrix::from_input_major(&data, d_in, d_out)))
+        } else {
+            LinearWeight::Tensor(w.get_transposed("weight", [d_in, d_out])?.transpose())
+        };
+        Ok(Self { weight, bias: Some(w.get::<1>("bias", [d_out])?) })
     }
 
     pub fn d_out(&self) -> usize {
-        self.weight.dims()[1]
+        match &self.weight {
+            LinearWeight::Packed(w) => w.d_out(),
+            LinearWeight::Tensor(w) => w.dims()[1],
+        }
+    }
+
+    /// The weights of output features `ids` `[batch, seq]` → `[batch, seq, in]`: the lookup of
+    /// an embedding table this layer is tied to (GPT-2's `wte`), so the table is kept once.
+    pub fn tied_embedding(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        match &self.weight {
+            LinearWeight::Packed(w) => {
+                let [b, t] = ids.dims();
+                // Ids come from tokenizers and decoding: within the vocabulary (an id past it
+                // panics, as burn's `select` does).
+                let ids: Vec<usize> = ids.into_data().iter::<i64>().map(|id| usize::try_from(id).unwrap_or(usize::MAX)).collect();
+                cpu_tensor(w.output_rows(&ids), [b, t, w.d_in()])
+            }
+            LinearWeight::Tensor(w) => embed(&w.clone().transpose(), ids),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -76,9 +117,17 @@ impl Linear {
         let x = x.reshape([rows, d_in]);
         dims[D - 1] = self.d_out();
         let in_place = act.and_then(Activation::on_cpu);
-        let (y, applied) = match project_on_cpu(&x, &self.weight, self.bias.as_ref(), in_place) {
-            Some(y) => (y, in_place.is_some()),
-            None => (project_on_device(x, &self.weight, self.bias.as_ref()), false),
+        let (y, applied) = match &self.weight {
+            LinearWeight::Packed(w) => match packed_on_cpu(&x, w, self.bias.as_ref(), in_place) {
+                Some(y) => (y, in_place.is_some()),
+                // Not an f32 CPU tensor (not something the models make): the weight unpacked
+                // onto `x`'s device.
+                None => {
+                    let t = Tensor::<2>::from_data(TensorData::new(w.to_output_major(), [w.d_out(), w.d_in()]), &x.device());
+                    (project_on_device(x, &t.transpose(), self.bias.as_ref()), false)
+                }
+            },
+            LinearWeight::Tensor(w) => (project_on_device(x, w, self.bias.as_ref()), false),
         };
         let y = y.reshape(dims);
         match act {
@@ -88,14 +137,7 @@ impl Linear {
     }
 }
 
-/// `x [rows, d_in] · weight [d_in, d_out] (+ bias)`. On the CPU backend it is [`rowmatmul`]
-/// (weights streamed once for a decoding step's few rows, a register-tiled kernel for many);
-/// on GPUs burn's matmul.
-pub(crate) fn project(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
-    project_on_cpu(&x, weight, bias, None).unwrap_or_else(|| project_on_device(x, weight, bias))
-}
-
-/// [`project`] with burn's ops (GPUs, and CPU tensors the kernels do not take).
+/// `x [rows, d_in] · weight [d_in, d_out] (+ bias)` with burn's ops (GPUs).
 fn project_on_device(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>) -> Tensor<2> {
     let y = x.matmul(weight.clone());
     match bias {
@@ -104,42 +146,24 @@ fn project_on_device(x: Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>)
     }
 }
 
-/// `None` unless every tensor is an f32 flex tensor and `weight` is an output-major view
-/// (`[out, in]` storage, transposed). `then` is applied in place to the result.
-fn project_on_cpu(x: &Tensor<2>, weight: &Tensor<2>, bias: Option<&Tensor<1>>, then: Option<fn(&mut [f32])>) -> Option<Tensor<2>> {
-    let [rows, d_in] = x.dims();
-    let [_, d_out] = weight.dims();
-    if rows == 0 {
-        return None;
-    }
-    let w = flex_f32(weight)?;
-    let (strides, offset) = (w.layout().strides(), w.layout().start_offset());
-    let row_stride = usize::try_from(strides[1]).ok()?;
-    if strides[0] != 1 || (row_stride < d_in && d_out > 1) {
-        return None;
-    }
+/// `x · w (+ bias)` by [`crate::rowmatmul`]'s kernels, `then` applied in place to the result; `None`
+/// unless `x` and `bias` are f32 CPU-backend tensors.
+fn packed_on_cpu(x: &Tensor<2>, w: &PackedMatrix, bias: Option<&Tensor<1>>, then: Option<fn(&mut [f32])>) -> Option<Tensor<2>> {
+    let [rows, _] = x.dims();
     let x = flex_f32_contiguous(x)?;
     let bias = match bias {
-        Some(b) => Some(flex_f32(b)?),
+        Some(b) => Some(flex_f32_contiguous(b)?),
         None => None,
     };
     let bias = match &bias {
         Some(b) => Some(b.as_slice::<f32>()?),
         None => None,
     };
-    let mut y = rowmatmul::matmul_rows(
-        x.as_slice::<f32>()?,
-        rows,
-        d_in,
-        &w.storage::<f32>()[offset..],
-        row_stride.max(d_in),
-        d_out,
-        bias,
-    );
+    let mut y = w.matmul(x.as_slice::<f32>()?, rows, bias);
     if let Some(f) = then {
         f(&mut y);
     }
-    Some(cpu_tensor(y, [rows, d_out]))
+    Some(cpu_tensor(y, [rows, w.d_out()]))
 }
 
 /// The CPU backend's tensor behind `x` when it is an f32 flex tensor (`None` on GPUs and for

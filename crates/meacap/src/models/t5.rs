@@ -279,7 +279,7 @@ pub struct T5 {
     shared: Tensor<2>,
     encoder: Stack,
     decoder: Stack,
-    lm_head: Tensor<2>,
+    lm_head: Linear,
 }
 
 impl T5 {
@@ -289,15 +289,16 @@ impl T5 {
         w.ignore("encoder.embed_tokens.weight");
         w.ignore("decoder.embed_tokens.weight");
         let lm_head = if w.contains("lm_head.weight") && !config.tie_word_embeddings {
-            w.get::<2>("lm_head.weight", [config.vocab_size, config.d_model])?
+            Linear::load(&w.pp("lm_head"), config.d_model, config.vocab_size, false)?
         } else {
             w.ignore("lm_head.weight");
-            shared.clone()
+            // Tied: `shared` again, as the output projection.
+            Linear::load(&w.pp("shared"), config.d_model, config.vocab_size, false)?
         };
         Ok(Self {
             encoder: Stack::load(&w.pp("encoder"), config, config.num_layers, false)?,
             decoder: Stack::load(&w.pp("decoder"), config, config.num_decoder_layers.unwrap_or(config.num_layers), true)?,
-            lm_head: lm_head.transpose(),
+            lm_head,
             shared,
             config: config.clone(),
         })
@@ -376,7 +377,7 @@ impl T5 {
             x = x * (self.config.d_model as f64).powf(-0.5);
         }
         let d = self.config.d_model;
-        super::project(x.reshape([b * q_len, d]), &self.lm_head, None).reshape([b, q_len, self.config.vocab_size])
+        self.lm_head.forward(x.reshape([b * q_len, d])).reshape([b, q_len, self.config.vocab_size])
     }
 
     /// Teacher-forced decoder logits `[batch, len, vocab]` for decoder input ids (tests, scoring).

@@ -1,48 +1,156 @@
-//! The many-rows case: a register-tiled GEMM (the BLIS scheme) for encoder passes.
+//! Weights packed once, at load ([`PackedMatrix`]), and the many-rows case over them: a
+//! register-tiled GEMM (the BLIS scheme) for encoder passes.
+//!
+//! The weights are kept as panels of [`NR`] output features, each stored k-major (`[k][NR]`), so
+//! every kernel reads a panel as one sequential stream and no call repacks them (packing per call
+//! cost more than it saved below ~20 rows). Few rows go to [`super::few_rows`].
 //!
 //! With tens of rows every weight is used tens of times, so the work is arithmetic, not memory
-//! traffic. `x` is repacked into panels of [`MR`] rows stored k-major (`[k][MR]`), each task's
-//! slice of the weights into panels of [`NR`] output features (`[k][NR]`), and a micro-kernel
+//! traffic. `x` is repacked into panels of [`MR`] rows stored k-major (`[k][MR]`), and a micro-kernel
 //! keeps an `MR x NR` tile of outputs in registers (AVX2: 12 accumulators, 2 weight loads and 6
 //! broadcasts per 12 FMAs; AVX-512: one register per tile row, the same FMAs in the same order)
 //! while it walks `k`. The depth is cut into [`KC`]-long slices so a
 //! weight panel slice and the row panels it meets stay in L1.
 //!
-//! Tasks split the output features (each packs its own weights, the tiles go to a slab gathered
-//! afterwards) until there are two [`ROW_CHUNK`]-row chunks per thread; from there on they split the
-//! rows (weights packed once and shared, tiles written in place), see [`matmul_by_row_chunks`].
+//! Tasks split the output features (the tiles go to a slab gathered afterwards) until there are
+//! two [`ROW_CHUNK`]-row chunks per thread; from there on they split the rows (tiles written in
+//! place), see [`matmul_by_row_chunks`].
 //!
 //! Every output is one sum over `k` in increasing order, accumulated in one place (carried
 //! through memory between depth slices), so the result depends neither on the thread count nor
 //! on how rows are blocked.
 
-use super::WeightElem;
 use crate::parallel::{for_each_chunk, threads};
 
 /// Rows per register tile.
 const MR: usize = 6;
-/// Output features per register tile (two AVX2 vectors).
-const NR: usize = 16;
+/// Output features per panel and per register tile (one AVX-512 vector, two AVX2 ones).
+pub(super) const NR: usize = 16;
 /// Depth slice: a `[KC][NR]` weight panel slice is 16 KiB.
 const KC: usize = 256;
 /// Rows per pass over a task's packed weights: their packed slices (`KC x 120` floats,
 /// 120 KiB) stay in L2 while every weight panel of the task meets them.
 const ROW_CHUNK: usize = 120;
-/// Packed weight bytes per task: half a typical 512 KiB L2 (the row slices take most of the rest).
+/// Weight panel bytes per task: half a typical 512 KiB L2 (the row slices take most of the rest).
 const TASK_BYTES: usize = 256 << 10;
 /// From this many row chunks per thread on, tasks split the rows instead of the output features
 /// (measured on 2 cores: 480 x 512 x 512 in 2.6 ms against 4.0; with one chunk per thread the
 /// feature split is still ahead).
 const ROW_TASKS_PER_THREAD: usize = 2;
 
-/// See [`super::matmul_rows`]; same arguments and result.
-pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
-    if d_out == 0 {
-        return Vec::new();
+/// A weight matrix `W [d_in, d_out]` packed for the CPU kernels: panels of [`NR`] output
+/// features, `[panel][k][NR]`, the last panel padded with zeros. It takes the memory of the
+/// matrix itself (a model keeps this instead of its dense tensor on the CPU backend).
+#[derive(Clone)]
+pub struct PackedMatrix {
+    panels: Vec<f32>,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix [{}, {}]", self.d_in, self.d_out)
     }
+}
+
+impl PackedMatrix {
+    /// From output-major rows `[d_out, d_in]`: element `(k, n)` at `w[n * d_in + k]` (PyTorch
+    /// `nn.Linear`'s `[out, in]`, an embedding table used as a tied output projection). Packed in
+    /// place: a panel holds the same 16 rows as the 16 x `d_in` block it replaces, transposed, so
+    /// loading costs no second buffer (fresh pages cost more than the transposes: a copy took
+    /// Flan-T5's load from 0.36 to 1.6-2 s). Panics if `w` is not `[d_out, d_in]` (a caller bug).
+    pub fn from_output_major(mut w: Vec<f32>, d_in: usize, d_out: usize) -> Self {
+        assert_eq!(w.len(), d_in * d_out, "PackedMatrix: weights are not [d_out, d_in]");
+        if d_in > 0 {
+            let whole = d_out / NR * NR * d_in;
+            for_each_chunk(&mut w[..whole], NR * d_in, |(_, block)| {
+                BLOCK.with(|rows| {
+                    let mut rows = rows.borrow_mut();
+                    rows.clear();
+                    rows.extend_from_slice(block);
+                    pack_feature_panel(&rows, d_in, d_in, 0, NR, block);
+                })
+            });
+            if whole < w.len() {
+                let last = w[whole..].to_vec();
+                w.resize(d_out.div_ceil(NR) * NR * d_in, 0.0);
+                pack_feature_panel(&last, d_in, d_in, 0, d_out % NR, &mut w[whole..]);
+            }
+        }
+        Self { panels: w, d_in, d_out }
+    }
+
+    /// From input-major storage `[d_in, d_out]` (HF `Conv1D`, GPT-2's layers): element `(k, n)` at
+    /// `w[k * d_out + n]`, so each panel row is a straight copy.
+    pub fn from_input_major(w: &[f32], d_in: usize, d_out: usize) -> Self {
+        assert_eq!(w.len(), d_in * d_out, "PackedMatrix: weights are not [d_in, d_out]");
+        let mut panels = vec![0.0f32; d_out.div_ceil(NR) * d_in * NR];
+        if d_in > 0 {
+            for_each_chunk(&mut panels, d_in * NR, |(p, panel)| {
+                let (j0, width) = (p * NR, (d_out - p * NR).min(NR));
+                for (k, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                    dst[..width].copy_from_slice(&w[k * d_out + j0..k * d_out + j0 + width]);
+                }
+            });
+        }
+        Self { panels, d_in, d_out }
+    }
+
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    /// `x [rows, d_in] · W (+ bias)` → `[rows, d_out]` row-major. Each output is one sum over `k`
+    /// in increasing order (then `+ bias`), whatever the row count, thread count or SIMD width:
+    /// a row's result does not depend on the rows that came with it. Panics if `x` is not
+    /// `[rows, d_in]` or `bias` not `[d_out]` (caller bugs).
+    pub fn matmul(&self, x: &[f32], rows: usize, bias: Option<&[f32]>) -> Vec<f32> {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        assert_eq!(x.len(), rows * d_in, "PackedMatrix::matmul: x is not [rows, d_in]");
+        assert!(bias.is_none_or(|b| b.len() == d_out), "PackedMatrix::matmul: bias is not [d_out]");
+        if rows == 0 || d_out == 0 || d_in == 0 {
+            return match bias {
+                Some(b) => b.iter().copied().cycle().take(rows * d_out).collect(),
+                None => vec![0.0; rows * d_out],
+            };
+        }
+        if rows < super::PACKED_MIN_ROWS {
+            super::few_rows::matmul(x, rows, d_in, &self.panels, d_out, bias)
+        } else {
+            matmul(x, rows, d_in, &self.panels, d_out, bias)
+        }
+    }
+
+    /// The weights of output features `ids`, as rows `[ids.len(), d_in]`: a tied embedding
+    /// table's lookup. Panics on an id `>= d_out` (as an out-of-range embedding index would).
+    pub fn output_rows(&self, ids: &[usize]) -> Vec<f32> {
+        let d_in = self.d_in;
+        let mut rows = Vec::with_capacity(ids.len() * d_in);
+        for &n in ids {
+            assert!(n < self.d_out, "PackedMatrix: output feature {n} of {}", self.d_out);
+            let panel = &self.panels[(n / NR) * d_in * NR..(n / NR + 1) * d_in * NR];
+            rows.extend(panel.iter().skip(n % NR).step_by(NR));
+        }
+        rows
+    }
+
+    /// The matrix as output-major rows `[d_out, d_in]` (to move it to another backend).
+    pub fn to_output_major(&self) -> Vec<f32> {
+        self.output_rows(&(0..self.d_out).collect::<Vec<_>>())
+    }
+}
+
+/// `x [rows, d_in] · panels (+ bias)` for many rows, `panels` as [`PackedMatrix`] keeps them.
+fn matmul(x: &[f32], rows: usize, d_in: usize, panels: &[f32], d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     if rows.div_ceil(ROW_CHUNK) >= ROW_TASKS_PER_THREAD * threads() {
-        return matmul_by_row_chunks(x, rows, d_in, w, row_stride, d_out, bias);
+        return matmul_by_row_chunks(x, rows, d_in, panels, d_out, bias);
     }
+    let all_panels = panels;
     let row_panels = rows.div_ceil(MR);
     let x_packed = pack_rows(x, rows, d_in);
     // Output features per task, in whole panels: as many as fit TASK_BYTES, at least one panel.
@@ -64,23 +172,20 @@ pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W]
     let task = |(t, slab): (usize, &mut [f32])| {
         let n0 = t * task_outputs;
         let panels = (d_out - n0).min(task_outputs).div_ceil(NR);
-        PACKED_WEIGHTS.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            let w_packed = pack_weights(&mut buf, w, row_stride, d_in, n0, panels, d_out);
-            for r0 in (0..row_panels).step_by(chunk_panels) {
-                let r1 = (r0 + chunk_panels).min(row_panels);
-                for k0 in (0..d_in).step_by(KC) {
-                    let kc = (d_in - k0).min(KC);
-                    for p in 0..panels {
-                        let wp = &w_packed[(p * d_in + k0) * NR..(p * d_in + k0 + kc) * NR];
-                        for rp in r0..r1 {
-                            let xp = &x_packed[(rp * d_in + k0) * MR..(rp * d_in + k0 + kc) * MR];
-                            tile_kernel(xp, wp, &mut slab[tile_at(panels, p, rp)..][..MR * NR], NR, k0 == 0, None);
-                        }
+        let w_packed = &all_panels[(n0 / NR) * d_in * NR..(n0 / NR + panels) * d_in * NR];
+        for r0 in (0..row_panels).step_by(chunk_panels) {
+            let r1 = (r0 + chunk_panels).min(row_panels);
+            for k0 in (0..d_in).step_by(KC) {
+                let kc = (d_in - k0).min(KC);
+                for p in 0..panels {
+                    let wp = &w_packed[(p * d_in + k0) * NR..(p * d_in + k0 + kc) * NR];
+                    for rp in r0..r1 {
+                        let xp = &x_packed[(rp * d_in + k0) * MR..(rp * d_in + k0 + kc) * MR];
+                        tile_kernel(xp, wp, &mut slab[tile_at(panels, p, rp)..][..MR * NR], NR, k0 == 0, None);
                     }
                 }
             }
-        });
+        }
     };
     for_each_chunk(&mut slabs, slab_len, task);
 
@@ -106,12 +211,9 @@ pub(super) fn matmul<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W]
 
 /// Many rows (memory-build batches: 2,560 rows): tasks own chunks of [`ROW_CHUNK`] rows, so each
 /// writes its rows of the result in place (tiles finish in cache, no slab to gather from DRAM),
-/// and all tasks share one packing of the weights (4 MiB for 512 x 2048, read from L3).
-fn matmul_by_row_chunks<W: WeightElem>(x: &[f32], rows: usize, d_in: usize, w: &[W], row_stride: usize, d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
+/// all reading the same panels (4 MiB for 512 x 2048, from L3).
+fn matmul_by_row_chunks(x: &[f32], rows: usize, d_in: usize, w_packed: &[f32], d_out: usize, bias: Option<&[f32]>) -> Vec<f32> {
     let panels = d_out.div_ceil(NR);
-    let mut w_packed = vec![0.0f32; panels * d_in * NR];
-    for_each_chunk(&mut w_packed, d_in * NR, |(p, panel)| pack_feature_panel(w, row_stride, d_in, p * NR, d_out, panel));
-    let w_packed = &w_packed;
     let mut out = vec![0.0f32; rows * d_out];
     let task = |(c, out_rows): (usize, &mut [f32])| {
         let r0 = c * ROW_CHUNK;
@@ -189,11 +291,10 @@ fn pack_panel_rows(block: &[f32], d_in: usize, k0: usize, kc: usize, panel: &mut
 }
 
 thread_local! {
+    /// Each worker's copy of the block it packs in place (`NR x d_in` floats).
+    static BLOCK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     /// Each worker's packed slice of a row chunk (`ROW_CHUNK x KC` floats).
     static PACKED_ROWS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    /// Each worker's packed weights, reused between calls (a fresh quarter-megabyte buffer per
-    /// task would be page faults, not arithmetic).
-    static PACKED_WEIGHTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `x [rows, d_in]` → `[row panel][k][MR]`, the last panel padded with zero rows.
@@ -204,31 +305,24 @@ fn pack_rows(x: &[f32], rows: usize, d_in: usize) -> Vec<f32> {
     packed
 }
 
-/// Output features `n0 .. n0 + panels * NR` of the output-major weights → `[panel][k][NR]` as
-/// f32, features past `d_out` as zeros.
-fn pack_weights<'a, W: WeightElem>(buf: &'a mut Vec<f32>, w: &[W], row_stride: usize, d_in: usize, n0: usize, panels: usize, d_out: usize) -> &'a [f32] {
-    let len = panels * d_in * NR;
-    if buf.len() < len {
-        buf.resize(len, 0.0);
-    }
-    for (p, panel) in buf[..len].chunks_exact_mut(d_in * NR).enumerate() {
-        pack_feature_panel(w, row_stride, d_in, n0 + p * NR, d_out, panel);
-    }
-    &buf[..len]
-}
-
 /// Output features `first .. first + NR` (those below `d_out`) → `panel [k][NR]`.
-fn pack_feature_panel<W: WeightElem>(w: &[W], row_stride: usize, d_in: usize, first: usize, d_out: usize, panel: &mut [f32]) {
-    W::pack_panel(&w[first * row_stride..], row_stride, d_in, (d_out - first).min(NR), panel);
+fn pack_feature_panel(w: &[f32], row_stride: usize, d_in: usize, first: usize, d_out: usize, panel: &mut [f32]) {
+    let (w, features) = (&w[first * row_stride..], (d_out - first).min(NR));
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { pack_panel_avx2_f32(w, row_stride, d_in, features, panel) };
+    }
+    pack_panel_portable(w, row_stride, d_in, features, panel)
 }
 
 /// Scalar panel packing: `panel[k * NR + j] = w[j * row_stride + k]` for `j < features`, zero for
 /// the rest.
-pub(super) fn pack_panel_portable<W: WeightElem>(w: &[W], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
+fn pack_panel_portable(w: &[f32], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
     for j in 0..NR {
         if j < features {
             for (k, v) in w[j * row_stride..j * row_stride + d_in].iter().enumerate() {
-                panel[k * NR + j] = v.to_f32();
+                panel[k * NR + j] = *v;
             }
         } else {
             for k in 0..d_in {
@@ -242,7 +336,7 @@ pub(super) fn pack_panel_portable<W: WeightElem>(w: &[W], row_stride: usize, d_i
 /// form spends ~3 cycles per weight on scattered stores, as much as the arithmetic at 10 rows).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn pack_panel_avx2_f32(w: &[f32], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
+unsafe fn pack_panel_avx2_f32(w: &[f32], row_stride: usize, d_in: usize, features: usize, panel: &mut [f32]) {
     use std::arch::x86_64::*;
     if features < NR {
         return pack_panel_portable(w, row_stride, d_in, features, panel);

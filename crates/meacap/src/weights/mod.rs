@@ -377,6 +377,16 @@ impl Weights {
         })
     }
 
+    /// The tensor's elements on the host, for a loader that lays them out itself (the CPU
+    /// backend's packed dense layers); `shape` has no "any" entries. In collect mode a problem is
+    /// recorded and zeros stand in, as for [`Self::get`].
+    pub fn get_host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.get_or_problem(name, shape)? {
+            Some((data, _)) => Ok(data),
+            None => Ok(vec![0.0; shape.iter().product()]),
+        }
+    }
+
     /// Shared by the getters: `build` turns the checked host data into the tensor's data; while
     /// collecting problems, a failure is recorded and zeros of `out_shape` stand in.
     fn get_with<const D: usize, const O: usize>(
@@ -386,11 +396,19 @@ impl Weights {
         out_shape: [usize; O],
         build: impl FnOnce(Vec<f32>, Vec<usize>) -> TensorData,
     ) -> Result<Tensor<O>> {
-        match (self.get_f32(name, &shape), &self.problems) {
-            (Ok((data, shape)), _) => Ok(Tensor::from_data(build(data, shape), &self.device)),
+        Ok(match self.get_or_problem(name, &shape)? {
+            Some((data, shape)) => Tensor::from_data(build(data, shape), &self.device),
+            None => Tensor::zeros(out_shape.map(|d| d.max(1)), &self.device),
+        })
+    }
+
+    /// [`Self::get_f32`], or `None` once a problem is recorded in collect mode.
+    fn get_or_problem(&self, name: &str, shape: &[usize]) -> Result<Option<(Vec<f32>, Vec<usize>)>> {
+        match (self.get_f32(name, shape), &self.problems) {
+            (Ok(found), _) => Ok(Some(found)),
             (Err(Error::Tensor { tensor, message, .. }), Some(problems)) => {
                 problems.lock().unwrap().push(format!("`{tensor}` {message}"));
-                Ok(Tensor::zeros(out_shape.map(|d| d.max(1)), &self.device))
+                Ok(None)
             }
             (Err(e), _) => Err(e),
         }
