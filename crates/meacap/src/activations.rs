@@ -33,6 +33,108 @@ pub fn exp(x: f32) -> f32 {
     y * f32::from_bits(biased << 23)
 }
 
+/// `ln(x)` for normal positive f32 (Cephes' `logf`: the mantissa reduced to [sqrt(1/2), sqrt(2)),
+/// a degree-9 polynomial, ln 2 split in two), branch-free. Zero, subnormal, negative or
+/// non-finite inputs give meaningless values: callers check their range (see [`softmax_log`]).
+#[inline(always)]
+pub fn ln(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let bits = x.to_bits();
+    // Mantissa in [1, 2), then halved (exponent + 1) above sqrt(2).
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    let above = m > std::f32::consts::SQRT_2;
+    let e = ((bits >> 23) as i32 - 127 + above as i32) as f32;
+    let f = if above { 0.5 * m } else { m } - 1.0;
+    let z = f * f;
+    let p = (((((((7.037_683_6e-2 * f - 1.151_461e-1) * f + 1.167_699_9e-1) * f - 1.242_014_1e-1) * f + 1.424_932_3e-1) * f - 1.666_805_8e-1) * f + 2.000_071_4e-1) * f
+        - 2.499_999_4e-1)
+        * f
+        + 3.333_333_1e-1;
+    let y = p * f * z + e * LN2_LO - 0.5 * z;
+    f + y + e * LN2_HI
+}
+
+/// `softmax(row).log()` as PyTorch computes it on the CPU: `exp(x - max)`, times the reciprocal
+/// of the sum, then the natural log, each element (GPT-2's next-token log-probabilities: 50,257
+/// per beam, per step). Vectorised through [`exp`] and [`ln`] where every intermediate is a
+/// normal float (`x - max` above -75, so no probability is subnormal); a row with a smaller
+/// probability takes libm's scalar `expf`/`logf`, which round subnormals and underflow (to
+/// `-inf`) as PyTorch does. The sum is taken in 16 interleaved partial sums.
+pub fn softmax_log(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { softmax_log_avx2(row) };
+    }
+    softmax_log_any(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_log_avx2(row: &mut [f32]) {
+    softmax_log_any(row)
+}
+
+#[inline(always)]
+fn softmax_log_any(row: &mut [f32]) {
+    const LANES: usize = 16;
+    let (mut max, mut min) = ([f32::NEG_INFINITY; LANES], [f32::INFINITY; LANES]);
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            max[l] = max[l].max(c[l]);
+            min[l] = min[l].min(c[l]);
+        }
+    }
+    let tail = chunks.remainder();
+    let max = max.iter().chain(tail).copied().fold(f32::NEG_INFINITY, f32::max);
+    let min = min.iter().chain(tail).copied().fold(f32::INFINITY, f32::min);
+    // Also false for NaN and infinite inputs: those take the scalar path too.
+    if !(min - max >= -75.0 && max.is_finite()) {
+        let mut sum = 0f32;
+        for x in row.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x = (*x * inv).ln();
+        }
+        return;
+    }
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp(c[l] - max);
+            sums[l] += c[l];
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    // exp(-75) / 50,257 rows is still above f32::MIN_POSITIVE, so every probability is normal
+    // for any row up to ~3e5 wide; wider rows with a tiny probability go through libm, and so
+    // does a NaN sum (from a NaN input), which libm's log propagates.
+    if !(exp(min - max) * inv >= f32::MIN_POSITIVE) {
+        row.iter_mut().for_each(|x| *x = (*x * inv).ln());
+        return;
+    }
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for v in c.iter_mut() {
+            *v = ln(*v * inv);
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = ln(*x * inv);
+    }
+}
+
 /// `1 / (1 + exp(-x))`: saturates to ~0 or exactly 1 far out (NaN only for a NaN input).
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -128,6 +230,52 @@ mod tests {
         }
         assert_eq!(exp(-1e4), exp(-87.3));
         assert!(exp(1e4).is_finite());
+    }
+
+    #[test]
+    fn ln_is_within_a_few_ulp_over_the_normal_range() {
+        // Every 97th f32 from the smallest normal to the largest finite value, and around 1
+        // (where ln crosses zero) every f32 in [1 - 2^-10, 1 + 2^-10).
+        let spread = (f32::MIN_POSITIVE.to_bits()..f32::MAX.to_bits()).step_by(97).map(f32::from_bits);
+        let near_one = (1.0f32 - 2f32.powi(-10)).to_bits()..(1.0f32 + 2f32.powi(-10)).to_bits();
+        for x in spread.chain(near_one.map(f32::from_bits)) {
+            let want = (x as f64).ln();
+            let err = (ln(x) as f64 - want).abs();
+            // 1.5 ulp of the result (ulp of f32 near |want|), at least 2^-24 * 2^-24 near 1.
+            let ulp = (want.abs() as f32).max(f32::MIN_POSITIVE);
+            let ulp = (f32::from_bits(ulp.to_bits() + 1) - ulp) as f64;
+            assert!(err <= 1.5 * ulp, "ln({x:e}) = {} vs {want}", ln(x));
+        }
+        assert_eq!(ln(1.0), 0.0);
+    }
+
+    #[test]
+    fn softmax_log_matches_f64_and_keeps_torchs_underflow() {
+        // A GPT-2-sized row: vectorised path (spread 60 < 75).
+        let n = 50_257;
+        let mut row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 6000) as f32 * 0.01 - 30.0).collect();
+        let want = |row: &[f32]| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            row.iter().map(|&x| x as f64 - max - sum.ln()).collect::<Vec<f64>>()
+        };
+        let expected = want(&row);
+        softmax_log(&mut row);
+        for (g, w) in row.iter().zip(&expected) {
+            assert!((*g as f64 - w).abs() <= 2e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        // A spread past 75: libm's path, where exp underflows and the log is -inf, as in PyTorch.
+        let mut row = vec![0.0f32, -10.0, -120.0];
+        softmax_log(&mut row);
+        assert!((row[0] as f64 - (-(1.0 + (-10f64).exp() + (-120f64).exp()).ln())).abs() < 1e-7);
+        assert_eq!(row[2], f32::NEG_INFINITY);
+        // NaN in, NaN out; short rows (no whole chunk) are fine.
+        let mut row = vec![1.0f32, f32::NAN];
+        softmax_log(&mut row);
+        assert!(row[1].is_nan());
+        let mut row = vec![2.0f32];
+        softmax_log(&mut row);
+        assert_eq!(row, [0.0]);
     }
 
     #[test]

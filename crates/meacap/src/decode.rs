@@ -43,23 +43,8 @@ pub async fn log_probs(gpt: &Gpt2, hidden: Tensor<3>) -> Result<(Vec<f32>, usize
     let vocab = logits.dims()[1];
     let mut values = read_f32(logits).await?;
     // One row per task: the rows (beams of every image in a batch) are independent.
-    crate::parallel::for_each_chunk(&mut values, vocab.max(1), |(_, row)| softmax_log_in_place(row));
+    crate::parallel::for_each_chunk(&mut values, vocab.max(1), |(_, row)| crate::activations::softmax_log(row));
     Ok((values, vocab))
-}
-
-/// `softmax(x).log()` as torch computes it on the CPU: exp(x - max), times the reciprocal of the
-/// sum, then the natural log.
-fn softmax_log_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x = (*x * inv).ln();
-    }
 }
 
 fn embed_ids(gpt: &Gpt2, ids: &[u32]) -> Tensor<3> {
@@ -69,17 +54,36 @@ fn embed_ids(gpt: &Gpt2, ids: &[u32]) -> Tensor<3> {
     gpt.embed_tokens(Tensor::<1, Int>::from_ints(ids.as_slice(), &device).reshape([n, 1]))
 }
 
-/// Indices of the `k` largest values, descending; ties go to the lower index.
+/// Indices of the `k` largest values, descending; ties go to the lower index (NaN above
+/// everything, as `f32::total_cmp` orders it).
 fn top_k(values: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..values.len()).collect();
     let k = k.min(values.len());
-    let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k, cmp);
-        idx.truncate(k);
+    if k > 64 {
+        let mut idx: Vec<usize> = (0..values.len()).collect();
+        let cmp = |a: &usize, b: &usize| values[*b].total_cmp(&values[*a]).then(a.cmp(b));
+        if k < idx.len() {
+            idx.select_nth_unstable_by(k, cmp);
+            idx.truncate(k);
+        }
+        idx.sort_by(cmp);
+        return idx;
     }
-    idx.sort_by(cmp);
-    idx
+    // A beam's width from ~250 k log-probabilities: one pass, keeping the best k in order;
+    // most values lose to the k-th best at once.
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    for (i, v) in values.iter().enumerate() {
+        if best.len() == k {
+            match best.last() {
+                Some(&last) if v.total_cmp(&values[last]).is_gt() => {}
+                _ => continue,
+            }
+        }
+        // After every value not below this one: earlier indices win ties.
+        let at = best.partition_point(|&j| values[j].total_cmp(v).is_ge());
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
 }
 
 /// ViECap `beam_search`: returns every beam, best first.
@@ -308,4 +312,25 @@ pub async fn greedy_search_many_async(gpt: &Gpt2, prefixes: Vec<Tensor<3>>, cfg:
             Hypothesis { tokens, score: total / n }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_is_the_sorted_prefix() {
+        // Ties (ids repeat every 37 values), NaN, infinities; k from 0 past the length, both the
+        // one-pass and the selection path.
+        let mut values: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 37) as f32 - 18.0).collect();
+        values[100] = f32::NAN;
+        values[200] = f32::INFINITY;
+        values[300] = f32::NEG_INFINITY;
+        let mut sorted: Vec<usize> = (0..values.len()).collect();
+        sorted.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+        for k in [0, 1, 2, 5, 64, 65, 200, 5000, 6000] {
+            assert_eq!(top_k(&values, k), sorted[..k.min(values.len())], "k = {k}");
+        }
+        assert!(top_k(&[], 3).is_empty());
+    }
 }

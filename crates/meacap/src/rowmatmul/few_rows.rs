@@ -1,8 +1,9 @@
 //! The few-rows case over packed weights: decoding steps (5 beams, or 20 for four images),
-//! GPT-2's prompt, the mapping network.
+//! GPT-2's prompt, the mapping network, encoder passes up to a few hundred rows.
 //!
-//! Every weight is used only a few times, so the step is bound by reading the weights once from
-//! DRAM and then by the FMAs. Each 16-feature panel is read in storage order (`[k][NR]`, one
+//! At a few rows every weight is used only a few times, so a step is bound by reading the
+//! weights once from DRAM and then by the FMAs; with more rows, blocks of up to 24 rows walk each
+//! panel in turn (from L2 after the first) and the FMAs bound it. Each 16-feature panel is read in storage order (`[k][NR]`, one
 //! sequential stream) while a register tile of `R` rows x `G` panels walks `k`: one weight load
 //! feeds `R` FMAs and one broadcast of `x` feeds `G`. On the row-major weights the streaming
 //! kernel needs a load of `x` and of the weights per FMA pair and a horizontal sum at the end;
@@ -14,7 +15,7 @@
 //! with it (one image or a batch), nor on the SIMD width.
 
 use super::packed::NR;
-use crate::parallel::{for_each_index, threads};
+use crate::parallel::{for_each_chunk, for_each_index, threads};
 
 /// Output panels per parallel task at most: a vocabulary projection (3,141 panels) is split
 /// finely enough for two cores to finish together.
@@ -36,14 +37,14 @@ pub(super) fn matmul(x: &[f32], rows: usize, d_in: usize, panels: &[f32], d_out:
     let block_rows = rows.div_ceil(blocks);
     // Each block k-major (`[d_in][block rows]`): the tile broadcasts one row after another.
     let mut x_blocks = vec![0.0f32; blocks * d_in * block_rows];
-    for (b, xk) in x_blocks.chunks_exact_mut(d_in * block_rows).enumerate() {
+    for_each_chunk(&mut x_blocks, d_in * block_rows, |(b, xk)| {
         for r in 0..(rows - b * block_rows).min(block_rows) {
             let row = b * block_rows + r;
             for (k, v) in x[row * d_in..(row + 1) * d_in].iter().enumerate() {
                 xk[k * block_rows + r] = *v;
             }
         }
-    }
+    });
     let n_panels = d_out.div_ceil(NR);
     // At least four tasks per thread so the last ones even out.
     let tasks = n_panels.div_ceil(TASK_PANELS).max(4 * threads()).min(n_panels);
@@ -142,7 +143,11 @@ impl Simd {
             Simd::Avx512 => avx512_panels(rows),
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2 => avx2_panels(rows),
-            Simd::Portable => 1,
+            Simd::Portable => {
+                // One panel per row block: the compiler vectorises the 16 lanes of a panel.
+                let _ = rows;
+                1
+            }
         }
     }
 
@@ -193,6 +198,7 @@ fn portable_tile(rows: usize, g: usize, xk: &[f32], wp: &[f32], d_in: usize, til
 
 /// Calls `$f::<R, G>` for the runtime `rows` with `G` the form's panel count for `R` when `g`
 /// equals it, else 1 (a task's last panels).
+#[cfg(target_arch = "x86_64")]
 macro_rules! dispatch {
     ($f:ident, $panels:ident, $rows:expr, $g:expr, $args:tt, [$($r:literal)*]) => {
         match $rows {

@@ -1,11 +1,11 @@
 //! Weights packed once, at load ([`PackedMatrix`]), and the many-rows case over them: a
-//! register-tiled GEMM (the BLIS scheme) for encoder passes.
+//! register-tiled GEMM (the BLIS scheme) for memory-build batches (thousands of rows).
 //!
 //! The weights are kept as panels of [`NR`] output features, each stored k-major (`[k][NR]`), so
 //! every kernel reads a panel as one sequential stream and no call repacks them (packing per call
 //! cost more than it saved below ~20 rows). Few rows go to [`super::few_rows`].
 //!
-//! With tens of rows every weight is used tens of times, so the work is arithmetic, not memory
+//! With many rows every weight is used many times, so the work is arithmetic, not memory
 //! traffic. `x` is repacked into panels of [`MR`] rows stored k-major (`[k][MR]`), and a micro-kernel
 //! keeps an `MR x NR` tile of outputs in registers (AVX2: 12 accumulators, 2 weight loads and 6
 //! broadcasts per 12 FMAs; AVX-512: one register per tile row, the same FMAs in the same order)
