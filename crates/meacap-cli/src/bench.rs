@@ -244,13 +244,20 @@ impl Bench<'_> {
 
     /// One warm-up run (wgpu compiles kernels on first use), then `repeat` timed runs.
     fn time<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<f64>, T)> {
-        f()?;
+        self.time_from(|| (), |()| f())
+    }
+
+    /// [`Self::time`] of `f(setup())`, `setup` untimed (e.g. a copy of a KV cache for a step to
+    /// extend: on the CPU a cache is host memory, and copying it is not part of a step).
+    fn time_from<S, T>(&self, mut setup: impl FnMut() -> S, mut f: impl FnMut(S) -> Result<T>) -> Result<(Vec<f64>, T)> {
+        f(setup())?;
         self.sync()?;
         let mut times = Vec::with_capacity(self.repeat);
         let mut last = None;
         for _ in 0..self.repeat {
+            let input = setup();
             let t = Instant::now();
-            let out = f()?;
+            let out = f(input)?;
             self.sync()?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
             last = Some(out);
@@ -608,8 +615,7 @@ impl Bench<'_> {
             }
             let step = random_tensor::<3>([beams * images, 1, d], 0.035, 60 + past as u64, self.dev());
             let groups = vec![beams; images];
-            let (times, _) = self.time(|| {
-                let mut c = caches.clone();
+            let (times, _) = self.time_from(|| caches.clone(), |mut c| {
                 let h = gpt.forward_groups(step.clone(), &mut c, &groups)?;
                 Ok(device::block_on(decode::log_probs(gpt, h))?)
             })?;
@@ -630,15 +636,13 @@ impl Bench<'_> {
         let mut cache = KvCache::default();
         gpt.forward(random_tensor::<3>([beams, 40, d], 0.035, 71, self.dev()), &mut cache)?;
         let step = random_tensor::<3>([beams, 1, d], 0.035, 72, self.dev());
-        let (times, _) = self.time(|| {
-            let mut c = cache.clone();
+        let (times, _) = self.time_from(|| cache.clone(), |mut c| {
             let h = gpt.forward(step.clone(), &mut c)?;
             Ok(to_vec_int(gpt.last_logits(h).argmax(1))?)
         })?;
         self.push("GPT-2 step, argmax read back", &format!("batch {beams}, cache 40"), &times, "5 ids read back instead of the logits");
         let chained = 10;
-        let (times, _) = self.time(|| {
-            let mut c = cache.clone();
+        let (times, _) = self.time_from(|| cache.clone(), |mut c| {
             let mut x = step.clone();
             for _ in 0..chained {
                 let h = gpt.forward(x.clone(), &mut c)?;

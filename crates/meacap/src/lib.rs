@@ -6,6 +6,7 @@
 //! no socket and no window.
 
 pub mod activations;
+pub mod attention;
 pub mod concepts;
 pub mod device;
 pub mod error;

@@ -80,24 +80,165 @@ struct Block {
     mlp: Mlp,
 }
 
-/// Per-layer keys and values `[batch, heads, seq, head_dim]` of everything seen so far.
+/// Per-layer keys and values of everything seen so far: on GPUs `[batch, heads, seq, head_dim]`
+/// tensors, on the CPU backend host rows that grow in place ([`HostKv`]).
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    layers: Vec<(Tensor<4>, Tensor<4>)>,
+    layers: Vec<LayerKv>,
+}
+
+#[derive(Clone, Debug)]
+enum LayerKv {
+    Device(Tensor<4>, Tensor<4>),
+    Host(HostKv),
+}
+
+/// One layer's keys and values on the CPU backend, per batch row, position-major
+/// (`[position][heads * head_dim]`). A step appends in place, where tensors are concatenated into
+/// a copy of the whole cache per layer and step (20 rows at 40 positions: ~60 MB copied per step,
+/// most of the step's ~4 ms of attention), and beam search's reorder moves rows (a row taken
+/// twice is the only copy).
+#[derive(Debug, Default)]
+struct HostKv {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// Positions of room a copied cache row gets, so the next steps append without moving it.
+const ROOM: usize = 16;
+
+/// A cache row's copy with room for [`ROOM`] more positions of `width` floats.
+fn copy_row(row: &[f32], width: usize) -> Vec<f32> {
+    let mut copy = Vec::with_capacity(row.len() + ROOM * width);
+    copy.extend_from_slice(row);
+    copy
+}
+
+impl Clone for HostKv {
+    fn clone(&self) -> Self {
+        let width = self.keys.first().map_or(0, |k| k.len() / self.len.max(1));
+        let copy = |rows: &[Vec<f32>]| rows.iter().map(|r| copy_row(r, width)).collect();
+        Self { keys: copy(&self.keys), values: copy(&self.values), len: self.len }
+    }
 }
 
 impl KvCache {
     /// Number of positions already cached.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, |(k, _)| k.dims()[2])
+        match self.layers.first() {
+            Some(LayerKv::Device(k, _)) => k.dims()[2],
+            Some(LayerKv::Host(kv)) => kv.len,
+            None => 0,
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
     /// Reorders (and possibly repeats) the batch rows: beam search's `generated[src]`.
     pub fn select(&mut self, rows: Tensor<1, Int>) {
-        super::select_cached_rows(&mut self.layers, rows);
+        let mut host_rows: Option<Vec<usize>> = None;
+        for layer in &mut self.layers {
+            match layer {
+                LayerKv::Device(k, v) => {
+                    *k = k.clone().select(0, rows.clone());
+                    *v = v.clone().select(0, rows.clone());
+                }
+                LayerKv::Host(kv) => {
+                    // Rows come from beam search's top-k over this cache's rows: in range.
+                    let rows = host_rows.get_or_insert_with(|| rows.clone().into_data().iter::<i64>().map(|r| r as usize).collect());
+                    let width = kv.keys.first().map_or(0, |k| k.len() / kv.len.max(1));
+                    kv.keys = reorder(std::mem::take(&mut kv.keys), rows, width);
+                    kv.values = reorder(std::mem::take(&mut kv.values), rows, width);
+                }
+            }
+        }
     }
+}
+
+/// `rows[i]`-th of `from` for each `i`: moved at a row's last use, copied before.
+fn reorder(mut from: Vec<Vec<f32>>, rows: &[usize], width: usize) -> Vec<Vec<f32>> {
+    let mut uses = vec![0usize; from.len()];
+    rows.iter().for_each(|&r| uses[r] += 1);
+    rows.iter()
+        .map(|&r| {
+            uses[r] -= 1;
+            if uses[r] == 0 { std::mem::take(&mut from[r]) } else { copy_row(&from[r], width) }
+        })
+        .collect()
+}
+
+/// Causal attention of `seq` new positions per row over the host caches, after appending their
+/// keys and values: `qkv [rows, seq, 3 d]` (c_attn's output) → `[rows, seq, d]`, the groups'
+/// rows one after another. `None` (burn's ops instead) unless `qkv` is a CPU-backend tensor and
+/// every cache keeps this layer on the host (or has not reached it).
+fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut [KvCache], group_rows: &[usize]) -> Option<Tensor<3>> {
+    let [rows, seq, d3] = qkv.dims();
+    if caches.iter().any(|c| matches!(c.layers.get(layer), Some(LayerKv::Device(..)))) {
+        return None;
+    }
+    let t = super::flex_f32_contiguous(qkv)?;
+    let qkv = t.as_slice::<f32>()?;
+    let (d, heads) = (d3 / 3, attn.n_head);
+    let mut first_row = 0;
+    for (cache, &n) in caches.iter_mut().zip(group_rows) {
+        if cache.layers.len() <= layer {
+            cache.layers.push(LayerKv::Host(HostKv { keys: vec![Vec::new(); n], values: vec![Vec::new(); n], len: 0 }));
+        }
+        let LayerKv::Host(kv) = &mut cache.layers[layer] else { return None };
+        for r in 0..n {
+            for s in 0..seq {
+                let at = ((first_row + r) * seq + s) * d3;
+                kv.keys[r].extend_from_slice(&qkv[at + d..at + 2 * d]);
+                kv.values[r].extend_from_slice(&qkv[at + 2 * d..at + 3 * d]);
+            }
+        }
+        kv.len += seq;
+        first_row += n;
+    }
+    // Each output row's cache and its row in it.
+    let row_kv: Vec<(&HostKv, usize)> = caches
+        .iter()
+        .zip(group_rows)
+        .flat_map(|(cache, &n)| {
+            let LayerKv::Host(kv) = &cache.layers[layer] else { unreachable!("host layers appended above") };
+            (0..n).map(move |r| (kv, r))
+        })
+        .collect();
+    let mut out = vec![0f32; rows * seq * d];
+    let scale = attn.scale as f32;
+    crate::parallel::for_each_chunk(&mut out, (seq * d).max(1), |(row, out)| {
+        let (kv, r) = row_kv[row];
+        let q = &qkv[row * seq * d3..(row + 1) * seq * d3];
+        crate::attention::causal_row(q, d3, &kv.keys[r], &kv.values[r], kv.len, heads, d, scale, out);
+    });
+    Some(super::cpu_tensor(out, [rows, seq, d]))
+}
+
+/// Attention with burn's ops (GPUs): per group over its cache, concatenated along the batch.
+fn device_attention(a: &Attention, i: usize, qkv: Tensor<3>, caches: &mut [KvCache], group_rows: &[usize], masks: &[Option<Tensor<4>>]) -> Result<Tensor<3>> {
+    let starts: Vec<usize> = group_rows.iter().scan(0, |at, &n| { let s = *at; *at += n; Some(s) }).collect();
+    let d = qkv.dims()[2] / 3;
+    let mut outs = Vec::with_capacity(caches.len());
+    for (g, cache) in caches.iter_mut().enumerate() {
+        let qkv = if group_rows.len() == 1 { qkv.clone() } else { qkv.clone().narrow(0, starts[g], group_rows[g]) };
+        let q = split_heads(qkv.clone().narrow(2, 0, d), a.n_head);
+        let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
+        let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
+        match cache.layers.get(i) {
+            None => cache.layers.push(LayerKv::Device(super::cached(k.clone()), super::cached(v.clone()))),
+            Some(LayerKv::Device(ck, cv)) => {
+                k = Tensor::cat(vec![ck.clone(), k], 2);
+                v = Tensor::cat(vec![cv.clone(), v], 2);
+                cache.layers[i] = LayerKv::Device(k.clone(), v.clone());
+            }
+            Some(LayerKv::Host(_)) => {
+                return Err(Error::InvalidInput("GPT-2: a CPU key/value cache continued on another device".into()));
+            }
+        }
+        outs.push(merge_heads(attention(q, k, v, a.scale, masks[g].clone())));
+    }
+    Ok(if outs.len() == 1 { outs.pop().expect("one group") } else { Tensor::cat(outs, 0) })
 }
 
 #[derive(Clone, Debug)]
@@ -206,28 +347,13 @@ impl Gpt2 {
         };
         let mut x = inputs_embeds + positions;
         let masks: Vec<Option<Tensor<4>>> = pasts.iter().map(|&past| (seq > 1).then(|| causal_mask(seq, past, &device))).collect();
-        let starts: Vec<usize> = group_rows.iter().scan(0, |at, &n| { let s = *at; *at += n; Some(s) }).collect();
         for (i, block) in self.h.iter().enumerate() {
             let a = &block.attn;
             let qkv = a.c_attn.forward(block.ln_1.forward(x.clone()));
-            let d = qkv.dims()[2] / 3;
-            let mut outs = Vec::with_capacity(caches.len());
-            for (g, cache) in caches.iter_mut().enumerate() {
-                let qkv = if group_rows.len() == 1 { qkv.clone() } else { qkv.clone().narrow(0, starts[g], group_rows[g]) };
-                let q = split_heads(qkv.clone().narrow(2, 0, d), a.n_head);
-                let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
-                let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
-                if cache.layers.len() <= i {
-                    cache.layers.push((super::cached(k.clone()), super::cached(v.clone())));
-                } else {
-                    let (ck, cv) = &cache.layers[i];
-                    k = Tensor::cat(vec![ck.clone(), k], 2);
-                    v = Tensor::cat(vec![cv.clone(), v], 2);
-                    cache.layers[i] = (k.clone(), v.clone());
-                }
-                outs.push(merge_heads(attention(q, k, v, a.scale, masks[g].clone())));
-            }
-            let out = if outs.len() == 1 { outs.pop().expect("one group") } else { Tensor::cat(outs, 0) };
+            let out = match host_attention(a, i, &qkv, caches, group_rows) {
+                Some(out) => out,
+                None => device_attention(a, i, qkv, caches, group_rows, &masks)?,
+            };
             x = x + a.c_proj.forward(out);
             let m = &block.mlp;
             x = x.clone() + m.c_proj.forward(m.c_fc.forward_act(block.ln_2.forward(x), m.act));
