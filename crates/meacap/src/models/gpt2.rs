@@ -172,20 +172,27 @@ fn reorder(mut from: Vec<Vec<f32>>, rows: &[usize], width: usize) -> Vec<Vec<f32
 /// keys and values: `qkv [rows, seq, 3 d]` (c_attn's output) → `[rows, seq, d]`, the groups'
 /// rows one after another. `None` (burn's ops instead) unless `qkv` is a CPU-backend tensor and
 /// every cache keeps this layer on the host (or has not reached it).
-fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut [KvCache], group_rows: &[usize]) -> Option<Tensor<3>> {
+fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut [KvCache], group_rows: &[usize]) -> Result<Option<Tensor<3>>> {
     let [rows, seq, d3] = qkv.dims();
     if caches.iter().any(|c| matches!(c.layers.get(layer), Some(LayerKv::Device(..)))) {
-        return None;
+        return Ok(None);
     }
-    let t = super::flex_f32_contiguous(qkv)?;
-    let qkv = t.as_slice::<f32>()?;
+    let Some(t) = super::flex_f32_contiguous(qkv) else { return Ok(None) };
+    let Some(qkv) = t.as_slice::<f32>() else { return Ok(None) };
+    for (cache, &n) in caches.iter().zip(group_rows) {
+        if let Some(LayerKv::Host(kv)) = cache.layers.get(layer) {
+            if kv.keys.len() != n {
+                return Err(Error::InvalidInput(format!("GPT-2: a cache of {} rows continued with {n}", kv.keys.len())));
+            }
+        }
+    }
     let (d, heads) = (d3 / 3, attn.n_head);
     let mut first_row = 0;
     for (cache, &n) in caches.iter_mut().zip(group_rows) {
         if cache.layers.len() <= layer {
             cache.layers.push(LayerKv::Host(HostKv { keys: vec![Vec::new(); n], values: vec![Vec::new(); n], len: 0 }));
         }
-        let LayerKv::Host(kv) = &mut cache.layers[layer] else { return None };
+        let LayerKv::Host(kv) = &mut cache.layers[layer] else { return Ok(None) };
         for r in 0..n {
             for s in 0..seq {
                 let at = ((first_row + r) * seq + s) * d3;
@@ -212,7 +219,7 @@ fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut 
         let q = &qkv[row * seq * d3..(row + 1) * seq * d3];
         crate::attention::causal_row(q, d3, &kv.keys[r], &kv.values[r], kv.len, heads, d, scale, out);
     });
-    Some(super::cpu_tensor(out, [rows, seq, d]))
+    Ok(Some(super::cpu_tensor(out, [rows, seq, d])))
 }
 
 /// Attention with burn's ops (GPUs): per group over its cache, concatenated along the batch.
@@ -350,7 +357,7 @@ impl Gpt2 {
         for (i, block) in self.h.iter().enumerate() {
             let a = &block.attn;
             let qkv = a.c_attn.forward(block.ln_1.forward(x.clone()));
-            let out = match host_attention(a, i, &qkv, caches, group_rows) {
+            let out = match host_attention(a, i, &qkv, caches, group_rows)? {
                 Some(out) => out,
                 None => device_attention(a, i, qkv, caches, group_rows, &masks)?,
             };

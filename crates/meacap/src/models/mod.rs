@@ -36,9 +36,9 @@ pub struct Linear {
     pub bias: Option<Tensor<1>>,
 }
 
-/// How a dense layer keeps `W [in, out]`: on the CPU backend packed for [`crate::rowmatmul`]'s kernels
-/// (the only copy: the same memory as the tensor), elsewhere as a device tensor (an output-major
-/// view, `[out, in]` storage transposed).
+/// How a dense layer keeps `W [in, out]`: on the CPU backend packed for [`crate::rowmatmul`]'s
+/// kernels (the only copy: the same memory as the tensor), elsewhere as a device tensor (an
+/// output-major view, `[out, in]` storage transposed).
 #[derive(Clone, Debug)]
 enum LinearWeight {
     Packed(Arc<PackedMatrix>),
@@ -50,8 +50,9 @@ impl Linear {
     /// table `[vocab, d]` (see [`Self::tied_embedding`]).
     pub fn load(w: &Weights, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
         let weight = if is_cpu(w.device()) {
-            let data = w.get_host("weight", &[d_out, d_in])?;
-            LinearWeight::Packed(Arc::new(PackedMatrix::from_output_major(data, d_in, d_out)))
+            // Sizes as stored: a 0 in a config means "any" to the shape check.
+            let (data, shape) = w.get_host("weight", &[d_out, d_in])?;
+            LinearWeight::Packed(Arc::new(PackedMatrix::from_output_major(data, shape[1], shape[0])))
         } else {
             LinearWeight::Tensor(w.get::<2>("weight", [d_out, d_in])?.transpose())
         };
@@ -69,8 +70,8 @@ impl Linear {
     /// like `nn.Linear`) and used through a view, so every device weight has one layout.
     pub fn load_conv1d(w: &Weights, d_in: usize, d_out: usize) -> Result<Self> {
         let weight = if is_cpu(w.device()) {
-            let data = w.get_host("weight", &[d_in, d_out])?;
-            LinearWeight::Packed(Arc::new(PackedMatrix::from_input_major(&data, d_in, d_out)))
+            let (data, shape) = w.get_host("weight", &[d_in, d_out])?;
+            LinearWeight::Packed(Arc::new(PackedMatrix::from_input_major(&data, shape[0], shape[1])))
         } else {
             LinearWeight::Tensor(w.get_transposed("weight", [d_in, d_out])?.transpose())
         };

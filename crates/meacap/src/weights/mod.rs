@@ -377,14 +377,11 @@ impl Weights {
         })
     }
 
-    /// The tensor's elements on the host, for a loader that lays them out itself (the CPU
-    /// backend's packed dense layers); `shape` has no "any" entries. In collect mode a problem is
-    /// recorded and zeros stand in, as for [`Self::get`].
-    pub fn get_host(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        match self.get_or_problem(name, shape)? {
-            Some((data, _)) => Ok(data),
-            None => Ok(vec![0.0; shape.iter().product()]),
-        }
+    /// The tensor's elements on the host and its shape, for a loader that lays them out itself
+    /// (the CPU backend's packed dense layers); 0 in `shape` means "any size". In collect mode a
+    /// problem is recorded and zeros of `shape` stand in, as for [`Self::get`].
+    pub fn get_host(&self, name: &str, shape: &[usize]) -> Result<(Vec<f32>, Vec<usize>)> {
+        Ok(self.get_or_problem(name, shape)?.unwrap_or_else(|| (vec![0.0; shape.iter().product()], shape.to_vec())))
     }
 
     /// Shared by the getters: `build` turns the checked host data into the tensor's data; while
