@@ -9,6 +9,7 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 use super::{attention, causal_mask, merge_heads, split_heads, Activation, LayerNorm, Linear};
+use crate::attention::{Bias, KvRows};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -81,7 +82,7 @@ struct Block {
 }
 
 /// Per-layer keys and values of everything seen so far: on GPUs `[batch, heads, seq, head_dim]`
-/// tensors, on the CPU backend host rows that grow in place ([`HostKv`]).
+/// tensors, on the CPU backend host rows that grow in place ([`KvRows`]).
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
@@ -90,37 +91,8 @@ pub struct KvCache {
 #[derive(Clone, Debug)]
 enum LayerKv {
     Device(Tensor<4>, Tensor<4>),
-    Host(HostKv),
-}
-
-/// One layer's keys and values on the CPU backend, per batch row, position-major
-/// (`[position][heads * head_dim]`). A step appends in place, where tensors are concatenated into
-/// a copy of the whole cache per layer and step (20 rows at 40 positions: ~60 MB copied per step,
-/// most of the step's ~4 ms of attention), and beam search's reorder moves rows (a row taken
-/// twice is the only copy).
-#[derive(Debug, Default)]
-struct HostKv {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
-    len: usize,
-}
-
-/// Positions of room a copied cache row gets, so the next steps append without moving it.
-const ROOM: usize = 16;
-
-/// A cache row's copy with room for [`ROOM`] more positions of `width` floats.
-fn copy_row(row: &[f32], width: usize) -> Vec<f32> {
-    let mut copy = Vec::with_capacity(row.len() + ROOM * width);
-    copy.extend_from_slice(row);
-    copy
-}
-
-impl Clone for HostKv {
-    fn clone(&self) -> Self {
-        let width = self.keys.first().map_or(0, |k| k.len() / self.len.max(1));
-        let copy = |rows: &[Vec<f32>]| rows.iter().map(|r| copy_row(r, width)).collect();
-        Self { keys: copy(&self.keys), values: copy(&self.values), len: self.len }
-    }
+    /// The CPU backend's: keys and values in host rows that grow in place.
+    Host(KvRows),
 }
 
 impl KvCache {
@@ -128,7 +100,7 @@ impl KvCache {
     pub fn len(&self) -> usize {
         match self.layers.first() {
             Some(LayerKv::Device(k, _)) => k.dims()[2],
-            Some(LayerKv::Host(kv)) => kv.len,
+            Some(LayerKv::Host(kv)) => kv.len(),
             None => 0,
         }
     }
@@ -146,26 +118,11 @@ impl KvCache {
                 }
                 LayerKv::Host(kv) => {
                     // Rows come from beam search's top-k over this cache's rows: in range.
-                    let rows = host_rows.get_or_insert_with(|| rows.clone().into_data().iter::<i64>().map(|r| r as usize).collect());
-                    let width = kv.keys.first().map_or(0, |k| k.len() / kv.len.max(1));
-                    kv.keys = reorder(std::mem::take(&mut kv.keys), rows, width);
-                    kv.values = reorder(std::mem::take(&mut kv.values), rows, width);
+                    kv.select(host_rows.get_or_insert_with(|| rows.clone().into_data().iter::<i64>().map(|r| r as usize).collect()));
                 }
             }
         }
     }
-}
-
-/// `rows[i]`-th of `from` for each `i`: moved at a row's last use, copied before.
-fn reorder(mut from: Vec<Vec<f32>>, rows: &[usize], width: usize) -> Vec<Vec<f32>> {
-    let mut uses = vec![0usize; from.len()];
-    rows.iter().for_each(|&r| uses[r] += 1);
-    rows.iter()
-        .map(|&r| {
-            uses[r] -= 1;
-            if uses[r] == 0 { std::mem::take(&mut from[r]) } else { copy_row(&from[r], width) }
-        })
-        .collect()
 }
 
 /// Causal attention of `seq` new positions per row over the host caches, after appending their
@@ -181,8 +138,8 @@ fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut 
     let Some(qkv) = t.as_slice::<f32>() else { return Ok(None) };
     for (cache, &n) in caches.iter().zip(group_rows) {
         if let Some(LayerKv::Host(kv)) = cache.layers.get(layer) {
-            if kv.keys.len() != n {
-                return Err(Error::InvalidInput(format!("GPT-2: a cache of {} rows continued with {n}", kv.keys.len())));
+            if kv.rows() != n {
+                return Err(Error::InvalidInput(format!("GPT-2: a cache of {} rows continued with {n}", kv.rows())));
             }
         }
     }
@@ -190,21 +147,18 @@ fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut 
     let mut first_row = 0;
     for (cache, &n) in caches.iter_mut().zip(group_rows) {
         if cache.layers.len() <= layer {
-            cache.layers.push(LayerKv::Host(HostKv { keys: vec![Vec::new(); n], values: vec![Vec::new(); n], len: 0 }));
+            cache.layers.push(LayerKv::Host(KvRows::new(n, d)));
         }
         let LayerKv::Host(kv) = &mut cache.layers[layer] else { return Ok(None) };
-        for r in 0..n {
-            for s in 0..seq {
-                let at = ((first_row + r) * seq + s) * d3;
-                kv.keys[r].extend_from_slice(&qkv[at + d..at + 2 * d]);
-                kv.values[r].extend_from_slice(&qkv[at + 2 * d..at + 3 * d]);
-            }
+        // Position by position: keys and values are thirds of each position's c_attn output.
+        for s in 0..seq {
+            let at = |r: usize| ((first_row + r) * seq + s) * d3;
+            kv.append(1, |r| &qkv[at(r) + d..at(r) + 2 * d], |r| &qkv[at(r) + 2 * d..at(r) + 3 * d]);
         }
-        kv.len += seq;
         first_row += n;
     }
     // Each output row's cache and its row in it.
-    let row_kv: Vec<(&HostKv, usize)> = caches
+    let row_kv: Vec<(&KvRows, usize)> = caches
         .iter()
         .zip(group_rows)
         .flat_map(|(cache, &n)| {
@@ -216,8 +170,9 @@ fn host_attention(attn: &Attention, layer: usize, qkv: &Tensor<3>, caches: &mut 
     let scale = attn.scale as f32;
     crate::parallel::for_each_chunk(&mut out, (seq * d).max(1), |(row, out)| {
         let (kv, r) = row_kv[row];
+        let (keys, values) = kv.row(r);
         let q = &qkv[row * seq * d3..(row + 1) * seq * d3];
-        crate::attention::causal_row(q, d3, &kv.keys[r], &kv.values[r], kv.len, heads, d, scale, out);
+        crate::attention::row(q, d3, keys, values, kv.len(), heads, d, scale, true, Bias::default(), out);
     });
     Ok(Some(super::cpu_tensor(out, [rows, seq, d])))
 }

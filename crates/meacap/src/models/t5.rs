@@ -12,6 +12,7 @@ use burn::prelude::*;
 use serde::Deserialize;
 
 use super::{attention, merge_heads, padding_mask, split_heads, Activation, Linear, RmsNorm};
+use crate::attention::{self as host_attention, KvRows};
 use crate::error::{Error, Result};
 use crate::weights::Weights;
 
@@ -259,18 +260,38 @@ pub struct EncoderOutput {
     mask: Tensor<4>,
 }
 
-/// Decoder caches: self-attention keys/values that grow, cross-attention keys/values fixed.
-struct DecoderCache {
-    self_kv: Vec<(Tensor<4>, Tensor<4>)>,
-    cross_kv: Vec<(Tensor<4>, Tensor<4>)>,
+/// Decoder caches: self-attention keys/values that grow, cross-attention keys/values fixed. On
+/// GPUs `[batch, heads, seq, d_kv]` tensors; on the CPU backend host rows that grow in place
+/// (see [`KvRows`]: no concatenation of the whole cache per layer and step).
+enum DecoderCache {
+    Device { self_kv: Vec<(Tensor<4>, Tensor<4>)>, cross_kv: Vec<(Tensor<4>, Tensor<4>)> },
+    Host { self_kv: Vec<KvRows>, cross_kv: Vec<KvRows> },
 }
 
 impl DecoderCache {
     /// Keeps the batch rows `rows` (in that order) of every cached key and value.
     fn select(&mut self, rows: Tensor<1, Int>) {
-        super::select_cached_rows(&mut self.self_kv, rows.clone());
-        super::select_cached_rows(&mut self.cross_kv, rows);
+        match self {
+            DecoderCache::Device { self_kv, cross_kv } => {
+                super::select_cached_rows(self_kv, rows.clone());
+                super::select_cached_rows(cross_kv, rows);
+            }
+            DecoderCache::Host { self_kv, cross_kv } => {
+                let rows: Vec<usize> = rows.into_data().iter::<i64>().map(|r| r as usize).collect();
+                self_kv.iter_mut().chain(cross_kv.iter_mut()).for_each(|kv| kv.select(&rows));
+            }
+        }
     }
+}
+
+/// The host data of a CPU-backend tensor (`None` on GPUs).
+fn host<const D: usize>(x: &Tensor<D>) -> Option<burn::backend::flex::FlexTensor> {
+    super::flex_f32_contiguous(x)
+}
+
+/// The error for a CPU cache meeting a tensor that is not on the CPU backend.
+fn not_on_cpu() -> Error {
+    Error::InvalidInput("T5: a CPU decoder cache met a tensor on another device".into())
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +353,9 @@ impl T5 {
     }
 
     fn new_cache(&self, enc: &EncoderOutput) -> DecoderCache {
+        if let Some(cross_kv) = self.host_cross_kv(enc) {
+            return DecoderCache::Host { self_kv: Vec::new(), cross_kv };
+        }
         let cross_kv = self
             .decoder
             .blocks
@@ -339,44 +363,135 @@ impl T5 {
             .filter_map(|b| b.cross_attention.as_ref().map(|(a, _)| a.project_kv(enc.hidden.clone())))
             .map(|(k, v)| (super::cached(k), super::cached(v)))
             .collect();
-        DecoderCache { self_kv: Vec::new(), cross_kv }
+        DecoderCache::Device { self_kv: Vec::new(), cross_kv }
+    }
+
+    /// Cross-attention keys and values as host rows (`[enc_len][inner]` per batch row), when the
+    /// encoder output is on the CPU backend.
+    fn host_cross_kv(&self, enc: &EncoderOutput) -> Option<Vec<KvRows>> {
+        let [b, enc_len, _] = enc.hidden.dims();
+        host(&enc.hidden)?;
+        let mut layers = Vec::new();
+        for (a, _) in self.decoder.blocks.iter().filter_map(|b| b.cross_attention.as_ref()) {
+            let (k, v) = (a.k.forward(enc.hidden.clone()), a.v.forward(enc.hidden.clone()));
+            let (k, v) = (host(&k)?, host(&v)?);
+            let (k, v) = (k.as_slice::<f32>()?, v.as_slice::<f32>()?);
+            let inner = k.len() / (b * enc_len).max(1);
+            let mut kv = KvRows::new(b, inner);
+            let row = enc_len * inner;
+            kv.append(enc_len, |r| &k[r * row..(r + 1) * row], |r| &v[r * row..(r + 1) * row]);
+            layers.push(kv);
+        }
+        Some(layers)
     }
 
     /// Runs decoder ids `[batch, q_len]` after the cached positions; returns logits `[batch, q_len, vocab]`.
-    fn decode_step(&self, ids: Tensor<2, Int>, enc: &EncoderOutput, cache: &mut DecoderCache) -> Tensor<3> {
-        let [b, q_len] = ids.dims();
-        let past = cache.self_kv.first().map_or(0, |(k, _)| k.dims()[2]);
+    fn decode_step(&self, ids: Tensor<2, Int>, enc: &EncoderOutput, cache: &mut DecoderCache) -> Result<Tensor<3>> {
+        let x = match cache {
+            DecoderCache::Device { self_kv, cross_kv } => self.decode_on_device(ids, enc, self_kv, cross_kv),
+            DecoderCache::Host { self_kv, cross_kv } => self.decode_on_host(ids, enc, self_kv, cross_kv)?,
+        };
+        Ok(self.logits(x))
+    }
+
+    /// The decoder layers with burn's ops (GPUs): hidden states `[batch, q_len, d_model]`.
+    fn decode_on_device(&self, ids: Tensor<2, Int>, enc: &EncoderOutput, self_kv: &mut Vec<(Tensor<4>, Tensor<4>)>, cross_kv: &[(Tensor<4>, Tensor<4>)]) -> Tensor<3> {
+        let [_, q_len] = ids.dims();
+        let past = self_kv.first().map_or(0, |(k, _)| k.dims()[2]);
         let device = self.shared.device();
         let mut bias = self.decoder.position_bias(past, q_len, past + q_len, &self.config);
         if q_len > 1 {
             bias = bias + super::causal_mask(q_len, past, &device);
         }
-        let fresh = cache.self_kv.is_empty();
+        let fresh = self_kv.is_empty();
         let mut x = super::embed(&self.shared, ids);
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let h = block.self_norm.forward(x.clone());
             let (mut k, mut v) = block.self_attention.project_kv(h.clone());
             if fresh {
-                cache.self_kv.push((super::cached(k.clone()), super::cached(v.clone())));
+                self_kv.push((super::cached(k.clone()), super::cached(v.clone())));
             } else {
-                let (ck, cv) = &cache.self_kv[i];
+                let (ck, cv) = &self_kv[i];
                 k = Tensor::cat(vec![ck.clone(), k], 2);
                 v = Tensor::cat(vec![cv.clone(), v], 2);
-                cache.self_kv[i] = (k.clone(), v.clone());
+                self_kv[i] = (k.clone(), v.clone());
             }
             x = x + block.self_attention.attend(h, k, v, bias.clone());
             if let Some((cross, norm)) = &block.cross_attention {
-                let (ck, cv) = cache.cross_kv[i].clone();
+                let (ck, cv) = cross_kv[i].clone();
                 x = x.clone() + cross.attend(norm.forward(x), ck, cv, enc.mask.clone());
             }
             x = x.clone() + block.feed_forward.forward(block.ff_norm.forward(x));
         }
+        x
+    }
+
+    /// The decoder layers on the CPU backend, attention on the host over [`KvRows`] caches (the
+    /// same sums as [`Self::decode_on_device`]'s, see [`crate::attention`]).
+    fn decode_on_host(&self, ids: Tensor<2, Int>, enc: &EncoderOutput, self_kv: &mut Vec<KvRows>, cross_kv: &[KvRows]) -> Result<Tensor<3>> {
+        let [b, q_len] = ids.dims();
+        let past = self_kv.first().map_or(0, KvRows::len);
+        let len = past + q_len;
+        let c = &self.config;
+        let heads = c.num_heads;
+        // Relative position bias `[heads][q_len][len]` from layer 0's table `[buckets, heads]`.
+        let table = host(&self.decoder.relative_attention_bias).ok_or_else(not_on_cpu)?;
+        let table = table.as_slice::<f32>().ok_or_else(not_on_cpu)?;
+        let mut position_bias = vec![0f32; heads * q_len * len];
+        for i in 0..q_len {
+            for j in 0..len {
+                let bucket = relative_position_bucket(j as i64 - (past + i) as i64, self.decoder.bidirectional, c.relative_attention_num_buckets, c.relative_attention_max_distance);
+                for h in 0..heads {
+                    position_bias[(h * q_len + i) * len + j] = table[bucket * heads + h];
+                }
+            }
+        }
+        // The encoder padding mask `[batch, 1, 1, enc_len]`: one additive row per batch row.
+        let mask = host(&enc.mask).ok_or_else(not_on_cpu)?;
+        let mask = mask.as_slice::<f32>().ok_or_else(not_on_cpu)?;
+        let mut x = super::embed(&self.shared, ids);
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let sa = &block.self_attention;
+            let h = block.self_norm.forward(x.clone());
+            let (q, k, v) = (sa.q.forward(h.clone()), sa.k.forward(h.clone()), sa.v.forward(h));
+            let (q, k, v) = (host(&q).ok_or_else(not_on_cpu)?, host(&k).ok_or_else(not_on_cpu)?, host(&v).ok_or_else(not_on_cpu)?);
+            let (q, k, v) = (q.as_slice::<f32>().ok_or_else(not_on_cpu)?, k.as_slice::<f32>().ok_or_else(not_on_cpu)?, v.as_slice::<f32>().ok_or_else(not_on_cpu)?);
+            let inner = q.len() / (b * q_len).max(1);
+            if self_kv.len() <= i {
+                self_kv.push(KvRows::new(b, inner));
+            }
+            let kv = &mut self_kv[i];
+            if kv.rows() != b || kv.len() != past {
+                return Err(Error::InvalidInput(format!("T5: a decoder cache of {} rows x {} positions continued with {b} rows after {past}", kv.rows(), kv.len())));
+            }
+            let row = q_len * inner;
+            kv.append(q_len, |r| &k[r * row..(r + 1) * row], |r| &v[r * row..(r + 1) * row]);
+            let out = host_attention::rows(q, inner, q_len, kv, heads, 1.0, true, Some(&position_bias), None);
+            x = x + sa.o.forward(super::cpu_tensor(out, [b, q_len, inner]));
+            if let Some((cross, norm)) = &block.cross_attention {
+                let q = cross.q.forward(norm.forward(x.clone()));
+                let q = host(&q).ok_or_else(not_on_cpu)?;
+                let q = q.as_slice::<f32>().ok_or_else(not_on_cpu)?;
+                let kv = cross_kv.get(i).ok_or_else(not_on_cpu)?;
+                if kv.rows() != b || mask.len() != b * kv.len() {
+                    return Err(Error::InvalidInput(format!("T5: cross-attention over {} rows, {} mask values, for {b} rows", kv.rows(), mask.len())));
+                }
+                let out = host_attention::rows(q, inner, q_len, kv, heads, 1.0, false, None, Some(mask));
+                x = x.clone() + cross.o.forward(super::cpu_tensor(out, [b, q_len, inner]));
+            }
+            x = x.clone() + block.feed_forward.forward(block.ff_norm.forward(x));
+        }
+        Ok(x)
+    }
+
+    /// Vocabulary logits of the decoder's last hidden states `[batch, q_len, d_model]`.
+    fn logits(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, q_len, d] = x.dims();
         let mut x = self.decoder.final_layer_norm.forward(x);
         if self.config.tie_word_embeddings {
             // Only tied heads rescale (Flan-T5 is untied: no rescale).
             x = x * (self.config.d_model as f64).powf(-0.5);
         }
-        let d = self.config.d_model;
         self.lm_head.forward(x.reshape([b * q_len, d])).reshape([b, q_len, self.config.vocab_size])
     }
 
@@ -385,7 +500,7 @@ impl T5 {
         self.check_ids(decoder_ids)?;
         let device = self.shared.device();
         let mut cache = self.new_cache(enc);
-        Ok(self.decode_step(super::ids_tensor(decoder_ids, &device), enc, &mut cache))
+        self.decode_step(super::ids_tensor(decoder_ids, &device), enc, &mut cache)
     }
 
     /// Batched greedy generation as HF `generate(num_beams=1, max_length)`: decoding starts from
@@ -426,7 +541,7 @@ impl T5 {
         let steps = max_length.max(1) - 1;
         for step in 0..steps {
             let n = live.len();
-            let logits = self.decode_step(next.reshape([n, 1]), &enc, &mut cache);
+            let logits = self.decode_step(next.reshape([n, 1]), &enc, &mut cache)?;
             next = logits.reshape([n, self.config.vocab_size]).argmax(1).reshape([n]);
             pending.push(next.clone());
             if pending.len() < steps_per_read && step + 1 < steps {
