@@ -118,7 +118,7 @@ impl KvCache {
                 }
                 LayerKv::Host(kv) => {
                     // Rows come from beam search's top-k over this cache's rows: in range.
-                    kv.select(host_rows.get_or_insert_with(|| rows.clone().into_data().iter::<i64>().map(|r| r as usize).collect()));
+                    kv.select(host_rows.get_or_insert_with(|| super::host_indices(rows.clone())));
                 }
             }
         }
@@ -188,7 +188,7 @@ fn device_attention(a: &Attention, i: usize, qkv: Tensor<3>, caches: &mut [KvCac
         let mut k = split_heads(qkv.clone().narrow(2, d, d), a.n_head);
         let mut v = split_heads(qkv.narrow(2, 2 * d, d), a.n_head);
         match cache.layers.get(i) {
-            None => cache.layers.push(LayerKv::Device(super::cached(k.clone()), super::cached(v.clone()))),
+            None => cache.layers.push(LayerKv::Device(k.clone(), v.clone())),
             Some(LayerKv::Device(ck, cv)) => {
                 k = Tensor::cat(vec![ck.clone(), k], 2);
                 v = Tensor::cat(vec![cv.clone(), v], 2);

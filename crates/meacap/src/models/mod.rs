@@ -93,8 +93,7 @@ impl Linear {
                 let [b, t] = ids.dims();
                 // Ids come from tokenizers and decoding: within the vocabulary (an id past it
                 // panics, as burn's `select` does).
-                let ids: Vec<usize> = ids.into_data().iter::<i64>().map(|id| usize::try_from(id).unwrap_or(usize::MAX)).collect();
-                cpu_tensor(w.output_rows(&ids), [b, t, w.d_in()])
+                cpu_tensor(w.output_rows(&host_indices(ids)), [b, t, w.d_in()])
             }
             LinearWeight::Tensor(w) => embed(&w.clone().transpose(), ids),
         }
@@ -283,15 +282,10 @@ pub fn rows_tensor(rows: &[usize], device: &Device) -> Tensor<1, Int> {
     Tensor::<1, Int>::from_ints(rows.as_slice(), device)
 }
 
-/// Keys and values as a cache keeps them: on the CPU backend laid out contiguously (a copy only
-/// for views); other backends' tensors as they are. `split_heads` of a projection is a strided
-/// view, and flex concatenates such views 4-6x slower than contiguous tensors, so a cache kept as
-/// views made the step after a prompt pass ~25 % slower (GPT-2, 5 rows: 21.7 against ~17 ms).
-pub(crate) fn cached<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    match flex_f32(&x) {
-        Some(t) if !t.is_contiguous() => Tensor::from_primitive::<burn::backend::Flex>(t.to_contiguous()),
-        _ => x,
-    }
+/// Host indices from an Int tensor of ids or rows (a negative one becomes `usize::MAX`, out of
+/// any range, so the lookup that follows rejects it as it would any index past the end).
+pub(crate) fn host_indices<const D: usize>(ids: Tensor<D, Int>) -> Vec<usize> {
+    ids.into_data().iter::<i64>().map(|id| usize::try_from(id).unwrap_or(usize::MAX)).collect()
 }
 
 /// Keeps (and possibly repeats) the batch rows `rows` of every cached key and value.

@@ -277,7 +277,7 @@ impl DecoderCache {
                 super::select_cached_rows(cross_kv, rows);
             }
             DecoderCache::Host { self_kv, cross_kv } => {
-                let rows: Vec<usize> = rows.into_data().iter::<i64>().map(|r| r as usize).collect();
+                let rows = super::host_indices(rows);
                 self_kv.iter_mut().chain(cross_kv.iter_mut()).for_each(|kv| kv.select(&rows));
             }
         }
@@ -361,7 +361,6 @@ impl T5 {
             .blocks
             .iter()
             .filter_map(|b| b.cross_attention.as_ref().map(|(a, _)| a.project_kv(enc.hidden.clone())))
-            .map(|(k, v)| (super::cached(k), super::cached(v)))
             .collect();
         DecoderCache::Device { self_kv: Vec::new(), cross_kv }
     }
@@ -409,7 +408,7 @@ impl T5 {
             let h = block.self_norm.forward(x.clone());
             let (mut k, mut v) = block.self_attention.project_kv(h.clone());
             if fresh {
-                self_kv.push((super::cached(k.clone()), super::cached(v.clone())));
+                self_kv.push((k.clone(), v.clone()));
             } else {
                 let (ck, cv) = &self_kv[i];
                 k = Tensor::cat(vec![ck.clone(), k], 2);
